@@ -1,0 +1,19 @@
+"""Aggregation rules: client probabilities (K, N, C) -> consensus (N, C).
+
+Each rule lives in its own module and registers itself by name; importing this package
+imports them all. Use ``get_rule(name, **params)``; ``available_rules()`` lists the names.
+
+=================  ==========================================================
+``mean``           weighted mean (default of FedMD / FedDF)
+``entropy``        confidence-weighted, optional sharpening (DS-FL)
+``class-support``  per-class weights from label counts
+``median``         coordinate-wise median (Byzantine-robust)
+``trimmed-mean``   coordinate-wise trimmed mean (Byzantine-robust)
+=================  ==========================================================
+"""
+
+from server.aggregation import class_support, entropy, mean, median, trimmed_mean  # noqa: F401  (registration)
+from server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from server.aggregation.registry import available_rules, get_rule, register
+
+__all__ = ["AggregationError", "AggregationRule", "available_rules", "check_inputs", "get_rule", "register"]

@@ -1,0 +1,33 @@
+# Two commands do all the set-up (README): `make simulate` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nebula-installed
+
+.PHONY: setup simulate benchmark test clean
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "needs $(PY) (Python 3.11)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build; an unpinned torch pulls gigabytes of CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/nebula setup
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+simulate: $(STAMP)
+	$(BIN)/nebula simulate
+
+benchmark: $(STAMP)
+	$(BIN)/nebula benchmark
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,115 @@
+"""An edge client's round: digest the targets, revisit private data, answer soft logits.
+
+Only the logits on the requested public inputs (and a few metrics) leave the device. The
+adapter lives in ``context.state`` between rounds; the frozen base model is loaded once
+per process (:func:`common.models.load_learner`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context
+
+from common.config import NebulaConfig
+from common.federation_data import FederationData, build_federation_data
+from common.models import Learner, LoraSpec, load_learner, load_trainable_state, save_adapter, trainable_state
+from common.training import accuracy, encode, fit, predict_logits, softmax_np
+from common.wire import decode_logits, encode_logits
+
+STATE_KEY = "edge-adapter"
+
+
+@dataclass
+class RoundOutput:
+    logits_blob: bytes
+    metrics: dict[str, float]
+
+
+def learner_for(config: NebulaConfig, model_name: str, num_classes: int) -> Learner:
+    m = config.model
+    return load_learner(
+        model_name,
+        num_labels=num_classes,
+        lora=LoraSpec(m.lora_r, m.lora_alpha, m.lora_dropout),
+        seed=config.data.seed,
+        cache_dir=m.cache_dir or None,
+    )
+
+
+class EdgeClient:
+    """One edge client's learner, bound to its slice of the federation's data."""
+
+    def __init__(self, config: NebulaConfig, index: int, context: Context) -> None:
+        if not 0 <= index < config.data.num_clients:
+            raise ValueError(f"client index {index} outside 0..{config.data.num_clients - 1}")
+        self.config, self.index, self.context = config, index, context
+        self.data: FederationData = build_federation_data(config.data)
+        self.split = self.data.clients[index]
+        self.model_name = config.model.student_for_client(index)
+        self.learner = learner_for(config, self.model_name, self.data.num_classes)
+        state = context.state.get(STATE_KEY)
+        load_trainable_state(
+            self.learner.model, state.to_torch_state_dict() if state is not None else self.learner.init_state
+        )
+
+    # -- what the server needs to know once -------------------------------------------
+    def describe(self) -> dict:
+        return {
+            "model": self.model_name,
+            "num_examples": int(len(self.split.train)),
+            "label_counts": [int(c) for c in self.data.support(self.index)],
+        }
+
+    # -- one round --------------------------------------------------------------------
+    def run_round(self, *, round_index: int, targets: bytes | None, query_ids: np.ndarray, evaluate: bool) -> RoundOutput:
+        cfg, t0 = self.config, time.perf_counter()
+        tok, model, max_len = self.learner.tokenizer, self.learner.model, cfg.data.max_length
+        seed = cfg.data.seed * 1000 + round_index * 10 + self.index
+        metrics: dict[str, float] = {}
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr)
+        common = dict(lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, optimizer=opt)
+        if targets is not None:  # (1) digest the refined targets on last round's public inputs
+            decoded = decode_logits(targets, num_classes=self.data.num_classes)
+            self._check_ids(decoded.ids)
+            probs = softmax_np(decoded.logits, temperature=cfg.train.temperature)
+            enc = encode(tok, self.data.public_texts(decoded.ids), max_length=max_len)
+            res = fit(model, enc, targets=probs, epochs=cfg.train.digest_epochs, temperature=cfg.train.temperature, seed=seed, **common)
+            metrics["digest_loss"] = res.mean_loss
+        # (2) revisit private data
+        enc = encode(tok, self.data.texts(self.split.train), max_length=max_len)
+        res = fit(model, enc, labels=self.data.labels(self.split.train), epochs=cfg.train.local_epochs, seed=seed + 1, **common)
+        metrics["train_loss"] = res.mean_loss
+        # (3) answer soft logits on this round's public inputs
+        self._check_ids(query_ids)
+        logits = predict_logits(model, encode(tok, self.data.public_texts(query_ids), max_length=max_len))
+        blob = encode_logits(query_ids, logits, dtype=cfg.federation.wire_dtype)
+        if evaluate:
+            metrics.update(self.evaluate())
+        self.context.state[STATE_KEY] = ArrayRecord(torch_state_dict=trainable_state(model))
+        metrics["seconds"] = time.perf_counter() - t0
+        return RoundOutput(blob, metrics)
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy on the global test set and on the client's own held-out split."""
+        tok, model, max_len = self.learner.tokenizer, self.learner.model, self.config.data.max_length
+        test = self.data.test
+        out = {"acc_global": accuracy(predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len)), self.data.labels(test))}
+        if len(self.split.holdout):
+            hold = self.split.holdout
+            out["acc_own"] = accuracy(
+                predict_logits(model, encode(tok, self.data.texts(hold), max_length=max_len)), self.data.labels(hold)
+            )
+        return out
+
+    def save(self, folder: Path) -> Path:
+        return save_adapter(self.learner, folder)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.data.public)):
+            raise ValueError(f"public ids outside 0..{len(self.data.public) - 1}: min {ids.min()}, max {ids.max()}")

@@ -1,0 +1,107 @@
+"""The teacher node: distills the clients' consensus, refines targets, keeps a global student.
+
+Each round the teacher
+1. adds the round's consensus (probabilities on public inputs) to everything it has seen,
+2. trains its own LoRA toward all consensus targets gathered so far (KL at T),
+3. answers refined targets: its own logits on this round's public inputs,
+4. distills the global student (same architecture as the edge students) from its own
+   predictions on every public input seen so far,
+5. evaluates teacher and student on the global test set and checkpoints both adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context
+
+from client.edge import learner_for
+from common.config import NebulaConfig
+from common.federation_data import build_federation_data
+from common.models import Learner, load_trainable_state, save_adapter, trainable_state
+from common.training import accuracy, encode, fit, predict_logits, softmax_np
+from common.wire import decode_logits, encode_logits
+
+TEACHER_KEY, STUDENT_KEY, CONSENSUS_KEY = "teacher-adapter", "student-adapter", "consensus"
+
+
+class TeacherNode:
+    def __init__(self, config: NebulaConfig, context: Context) -> None:
+        self.config, self.context = config, context
+        self.data = build_federation_data(config.data)
+        self.teacher = self._restore(config.model.teacher, TEACHER_KEY)
+        self.student = self._restore(config.model.student, STUDENT_KEY)
+
+    def _restore(self, model_name: str, key: str) -> Learner:
+        learner = learner_for(self.config, model_name, self.data.num_classes)
+        state = self.context.state.get(key)
+        load_trainable_state(learner.model, state.to_torch_state_dict() if state is not None else learner.init_state)
+        return learner
+
+    def describe(self) -> dict:
+        return {"model": self.config.model.teacher, "num_examples": 0, "label_counts": [0] * self.data.num_classes}
+
+    def _gathered(self, ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Merge this round's consensus into all earlier ones (a re-sent id is replaced)."""
+        rec = self.context.state.get(CONSENSUS_KEY)
+        if rec is not None:
+            old_ids, old_probs = rec["ids"].numpy(), rec["probs"].numpy()
+            keep = ~np.isin(old_ids, ids)
+            ids, probs = np.concatenate([old_ids[keep], ids]), np.concatenate([old_probs[keep], probs])
+        self.context.state[CONSENSUS_KEY] = ArrayRecord({"ids": Array(ids), "probs": Array(probs)})
+        return ids, probs
+
+    def teach(self, *, round_index: int, consensus: bytes, output_dir: Path) -> tuple[bytes, dict[str, float]]:
+        cfg, t0 = self.config, time.perf_counter()
+        T, max_len = cfg.train.temperature, cfg.data.max_length
+        decoded = decode_logits(consensus, num_classes=self.data.num_classes)
+        if len(decoded.ids) and (decoded.ids.min() < 0 or decoded.ids.max() >= len(self.data.public)):
+            raise ValueError(f"consensus ids outside the public pool 0..{len(self.data.public) - 1}")
+        # The consensus travels as log-probabilities: softmax at T=1 recovers it exactly.
+        round_probs = softmax_np(decoded.logits)
+        ids, probs = self._gathered(decoded.ids, round_probs)
+        enc_all = encode(self.teacher.tokenizer, self.data.public_texts(ids), max_length=max_len)
+        seed = cfg.data.seed * 1000 + round_index
+        fit(
+            self.teacher.model, enc_all, targets=probs, epochs=cfg.train.teacher_epochs, temperature=T,
+            lr=cfg.train.teacher_lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed,
+        )
+        teacher_all = predict_logits(self.teacher.model, enc_all)  # (N_seen, C)
+        pos = {int(i): k for k, i in enumerate(ids)}
+        refined = teacher_all[[pos[int(i)] for i in decoded.ids]]
+        # Global student: distill from the teacher on everything seen so far.
+        enc_student = encode(self.student.tokenizer, self.data.public_texts(ids), max_length=max_len)
+        fit(
+            self.student.model, enc_student, targets=softmax_np(teacher_all, temperature=T), epochs=cfg.train.student_epochs,
+            temperature=T, lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed + 1,
+        )
+        metrics = self.evaluate()
+        metrics["consensus_size"] = float(len(ids))
+        self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))
+        self.context.state[STUDENT_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.student.model))
+        self.checkpoint(output_dir / "checkpoints" / f"round-{round_index:03d}")
+        metrics["seconds"] = time.perf_counter() - t0
+        return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics
+
+    def evaluate(self) -> dict[str, float]:
+        test, labels, max_len = self.data.test, self.data.labels(self.data.test), self.config.data.max_length
+        out = {}
+        for name, learner in (("acc_teacher", self.teacher), ("acc_student", self.student)):
+            enc = encode(learner.tokenizer, self.data.texts(test), max_length=max_len)
+            out[name] = accuracy(predict_logits(learner.model, enc), labels)
+        return out
+
+    def checkpoint(self, folder: Path) -> None:
+        """Trainable states of teacher and student (small: LoRA + head), for resume and replay."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, learner in (("teacher", self.teacher), ("student", self.student)):
+            tmp = folder / f"{name}.pt.tmp"
+            torch.save(trainable_state(learner.model), tmp)
+            tmp.replace(folder / f"{name}.pt")
+
+    def save(self, folder: Path) -> None:
+        save_adapter(self.teacher, folder / "teacher")
+        save_adapter(self.student, folder / "global-student")

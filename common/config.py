@@ -1,0 +1,221 @@
+"""Typed configuration, parsed once.
+
+One dataclass per concern, grouped in :class:`NebulaConfig`. The same classes drive
+three surfaces, so there is exactly one place where a setting, its default, its help
+text and its check live:
+
+* the Flower run config (flat ``section.field`` keys, e.g. ``federation.rounds``),
+* the ``nebula`` command line (``--rounds``, ``--num-clients`` ...),
+* the :class:`~flwr.app.ConfigRecord` the server sends to every node, so that nodes
+  in a simulation (which only know their partition id) build the same data view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse naming
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _opt("tweets", "builtin dataset (tweets, bbc) or a CSV / JSON-lines file")
+    text_field: str = _opt("text", "text column of a user dataset file")
+    label_field: str = _opt("label", "label column of a user dataset file")
+    test_size: int = _opt(500, "examples in the global test set")
+    public_size: int = _opt(1200, "examples in the public unlabeled pool (labels are never used)")
+    private_size: int = _opt(1500, "private examples spread over the clients (0 = all that remain)")
+    num_clients: int = _opt(5, "number of edge clients")
+    partition: str = _opt("dirichlet", "how private data is spread: iid, dirichlet, shards")
+    dirichlet_alpha: float = _opt(0.5, "Dirichlet concentration (smaller = more skewed labels)")
+    shards_per_client: int = _opt(2, "label shards per client for the shards scheme")
+    holdout_fraction: float = _opt(0.2, "share of each client's data kept for its own test")
+    max_length: int = _opt(64, "tokens per input")
+    seed: int = _opt(0, "seed of splits, partitions, initialisation and training order")
+
+    def validate(self) -> None:
+        _positive(self, "test_size", "public_size", "num_clients", "max_length", "shards_per_client")
+        if self.private_size < 0:
+            raise ConfigError(f"data.private_size must be >= 0, got {self.private_size}")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"data.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.partition not in ("iid", "dirichlet", "shards"):
+            raise ConfigError(f"data.partition must be iid, dirichlet or shards, got {self.partition!r}")
+
+
+@dataclass
+class ModelConfig:
+    student: str = _opt("minilm-l3", "edge student base model: builtin name, HF id or local folder")
+    student_overrides: str = _opt(
+        "", "per-client base models, e.g. '1:minilm-l6,3:/models/x' (client index:model)"
+    )
+    teacher: str = _opt("minilm-l6", "teacher base model: minilm-l6, mpnet, an HF id or a folder")
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(16, "LoRA scaling alpha")
+    lora_dropout: float = _opt(0.0, "LoRA dropout")
+    cache_dir: str = _opt("", "folder of materialised builtin models (empty = $NEBULA_CACHE or ~/.cache/nebula)")
+
+    def validate(self) -> None:
+        _positive(self, "lora_r", "lora_alpha")
+        self.student_for_client(0)  # parses the overrides, raising on a malformed entry
+
+    def student_for_client(self, index: int) -> str:
+        """Base model of edge client ``index`` (overrides win over ``student``)."""
+        for entry in filter(None, (e.strip() for e in self.student_overrides.split(","))):
+            key, sep, model = entry.partition(":")
+            if not sep or not key.strip().isdigit() or not model.strip():
+                raise ConfigError(
+                    f"model.student_overrides entry {entry!r} is not 'client-index:model'"
+                )
+            if int(key) == index:
+                return model.strip()
+        return self.student
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _opt(2e-3, "AdamW learning rate of the edge students")
+    batch_size: int = _opt(16, "effective batch size")
+    micro_batch_size: int = _opt(16, "examples per forward pass; gradients accumulate up to batch_size")
+    local_epochs: int = _opt(1, "epochs over private data per round (revisit)")
+    digest_epochs: int = _opt(1, "epochs over received targets per round (digest)")
+    temperature: float = _opt(1.0, "distillation temperature T")
+    teacher_lr: float = _opt(1e-3, "AdamW learning rate of the teacher")
+    teacher_epochs: int = _opt(2, "teacher epochs over all consensus targets gathered so far")
+    student_epochs: int = _opt(2, "global-student epochs over the teacher's targets per round")
+    eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
+    threads: int = _opt(0, "torch threads per process (0 = let torch decide)")
+
+    def validate(self) -> None:
+        _positive(self, "lr", "batch_size", "micro_batch_size", "teacher_lr", "eval_every", "temperature")
+        if self.micro_batch_size > self.batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size ({self.micro_batch_size}) must be <= train.batch_size ({self.batch_size})"
+            )
+        for name in ("local_epochs", "digest_epochs", "teacher_epochs", "student_epochs", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = _opt(3, "federation rounds")
+    public_per_round: int = _opt(400, "public inputs the clients answer each round")
+    aggregation: str = _opt("class-support", "aggregation rule: mean, entropy, class-support, median, trimmed-mean")
+    min_replies: int = _opt(2, "valid client replies needed to aggregate a round")
+    wire_dtype: str = _opt("float16", "dtype of logits on the wire: float16, float32, int8")
+    reply_timeout: float = _opt(900.0, "seconds to wait for the replies of one exchange")
+    output_dir: str = _opt("runs/latest", "folder for the ledger, metrics, plots and checkpoints")
+    faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
+
+    def validate(self) -> None:
+        _positive(self, "rounds", "public_per_round", "min_replies", "reply_timeout")
+        if self.wire_dtype not in ("float16", "float32", "int8"):
+            raise ConfigError(f"federation.wire_dtype must be float16, float32 or int8, got {self.wire_dtype!r}")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig}
+
+
+@dataclass
+class NebulaConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def validate(self) -> "NebulaConfig":
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        if self.federation.min_replies > self.data.num_clients:
+            raise ConfigError(
+                f"federation.min_replies ({self.federation.min_replies}) exceeds data.num_clients "
+                f"({self.data.num_clients})"
+            )
+        return self
+
+    # --- flat form: Flower run config and ConfigRecord -------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """``{"section.field": value}`` with scalar values only."""
+        return {
+            f"{section}.{f.name}": getattr(getattr(self, section), f.name)
+            for section, cls in SECTIONS.items()
+            for f in fields(cls)
+        }
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any], *, base: "NebulaConfig | None" = None) -> "NebulaConfig":
+        """Parse flat keys over ``base`` (defaults if None); unknown keys are an error."""
+        config = dataclasses.replace(base) if base is not None else cls()
+        sections = {name: dataclasses.replace(getattr(config, name)) for name in SECTIONS}
+        for key, value in flat.items():
+            section, _, name = str(key).partition(".")
+            if section not in SECTIONS or name not in _field_types(SECTIONS[section]):
+                raise ConfigError(f"unknown configuration key {key!r}")
+            setattr(sections[section], name, _coerce(key, value, _field_types(SECTIONS[section])[name]))
+        return cls(**sections).validate()
+
+    def fingerprint(self) -> str:
+        """Short stable hash, used to key per-process caches."""
+        return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _positive(obj: Any, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    return {f.name: type(f.default) for f in fields(cls)}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes"):
+            return True
+        if str(value).lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{key} must be a boolean, got {value!r}")
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}") from None
+
+
+# --- command line ------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--field-name`` option per config field, with the field's help text."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        for f in fields(cls):
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"{section}.{f.name}",
+                default=None,
+                metavar=type(f.default).__name__.upper(),
+                help=f"{f.metadata['help']} (default: {f.default!r})",
+            )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat keys that were given on the command line."""
+    return {k: v for k, v in vars(args).items() if "." in k and v is not None}

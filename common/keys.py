@@ -1,0 +1,44 @@
+"""Message types and record keys shared by the server, edge clients and the teacher.
+
+Everything that crosses the wire is named here once; no string literal for a message
+key appears anywhere else.
+"""
+
+# Message types (Flower: "<type>.<action>").
+MSG_DESCRIBE = "query.describe"  # server -> every node: who are you, what do you hold?
+MSG_ROUND = "train.round"  # server -> edge client: digest, revisit, answer logits
+MSG_TEACH = "train.teach"  # server -> teacher: consensus in, refined targets out
+MSG_FINISH = "query.finish"  # server -> every node: save artefacts, final evaluation
+
+# Record names inside a RecordDict.
+CONFIG = "config"  # ConfigRecord: the flat NebulaConfig (see common.config)
+ROUND = "round"  # ConfigRecord: per-message fields below
+REPLY = "reply"  # ConfigRecord: a node's answer (payload blobs + identity)
+METRICS = "metrics"  # MetricRecord: numbers for the server's log
+
+# Fields of the ROUND record.
+ROUND_INDEX = "round"
+TARGET_BLOB = "targets"  # wire-format logits on last round's public inputs (may be absent)
+QUERY_IDS = "query-ids"  # public-input ids to answer this round (list[int])
+CONSENSUS_BLOB = "consensus"  # wire-format log-probabilities of the consensus (teacher only)
+TEACHER_INDEX = "teacher-index"  # which simulated partition is the teacher
+OUTPUT_DIR = "output-dir"
+
+# Fields of the REPLY record.
+ROLE = "role"
+CLIENT_ID = "client-id"
+CLIENT_INDEX = "client-index"
+MODEL = "model"
+NUM_EXAMPLES = "num-examples"
+LABEL_COUNTS = "label-counts"  # list[int], one per class: per-class support for aggregation
+LOGITS_BLOB = "logits"
+REFINED_BLOB = "refined"
+
+ROLE_CLIENT = "client"
+ROLE_TEACHER = "teacher"
+
+# Node config keys (deployment: flower-supernode --node-config "...").
+NODE_PARTITION = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_ROLE = "role"
+NODE_CLIENT_ID = "client-id"

@@ -1,0 +1,230 @@
+"""The rounds of federated distillation (design.md, "One round").
+
+:class:`Federation` builds the messages and interprets the replies; the grid (Flower's
+simulation or deployment engine) does the sending. Aggregation is pure math in
+``server.aggregation``; storage is the ledger's.
+
+Rules the operator should know:
+* a reply that is missing, an error, or fails validation is logged with its reason,
+  recorded in the ledger's ``rejections`` table, and left out;
+* with fewer than ``federation.min_replies`` valid replies a round is not aggregated and
+  the next round sends no targets (clients still revisit their data);
+* if the teacher fails, the consensus itself becomes next round's targets and the round
+  is marked ``teacher_ok = false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common import keys
+from common.config import NebulaConfig
+from common.training import softmax_np
+from common.wire import encode_logits
+from server.aggregation import get_rule
+from server.exceptions import DiscoveryError, ReplyRejected, TeacherUnavailable
+from server.ledger import Contribution, Ledger
+from server.metrics_log import MetricsLog
+from server.replies import NodeInfo, parse_describe, read_logits, reply_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    round: int
+    accepted: list[str]
+    rejected: dict[str, str]
+    client_metrics: dict[str, dict[str, float]]
+    teacher_metrics: dict[str, float] = field(default_factory=dict)
+    teacher_ok: bool = False
+    bytes_up_per_client: float = 0.0
+    bytes_down_per_client: float = 0.0
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        accs = [m["acc_global"] for m in self.client_metrics.values() if "acc_global" in m]
+        own = [m["acc_own"] for m in self.client_metrics.values() if "acc_own" in m]
+        return {
+            "round": self.round,
+            "accepted": len(self.accepted),
+            "rejected": self.rejected,
+            "mean_client_acc": float(np.mean(accs)) if accs else None,
+            "min_client_acc": float(np.min(accs)) if accs else None,
+            "mean_client_acc_own": float(np.mean(own)) if own else None,
+            "teacher_acc": self.teacher_metrics.get("acc_teacher"),
+            "student_acc": self.teacher_metrics.get("acc_student"),
+            "teacher_ok": self.teacher_ok,
+            "bytes_up_per_client": self.bytes_up_per_client,
+            "bytes_down_per_client": self.bytes_down_per_client,
+            "seconds": self.seconds,
+            "clients": self.client_metrics,
+        }
+
+
+class Federation:
+    def __init__(
+        self, grid: Grid, config: NebulaConfig, *, on_round: Callable[[dict], None] | None = None
+    ) -> None:
+        self.grid, self.config = grid, config
+        self.out = Path(config.federation.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.out / "ledger.sqlite")
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.rule = get_rule(config.federation.aggregation)
+        self.run_id = uuid.uuid4().hex[:12]
+        self.on_round = on_round or (lambda summary: None)
+        self.config_record = ConfigRecord(config.to_flat())
+        self.clients: dict[int, NodeInfo] = {}
+        self.teacher: NodeInfo | None = None
+        self.num_classes = 0
+
+    # -- messages ----------------------------------------------------------------------
+    def _message(self, node_id: int, message_type: str, fields: dict) -> Message:
+        fields = {keys.TEACHER_INDEX: self.config.data.num_clients, keys.OUTPUT_DIR: str(self.out), **fields}
+        content = RecordDict({keys.CONFIG: self.config_record, keys.ROUND: ConfigRecord(fields)})
+        return Message(content, dst_node_id=node_id, message_type=message_type)
+
+    def _exchange(self, messages: list[Message]) -> dict[int, Message]:
+        replies = self.grid.send_and_receive(messages, timeout=self.config.federation.reply_timeout)
+        return {r.metadata.src_node_id: r for r in replies}
+
+    # -- discovery ---------------------------------------------------------------------
+    def discover(self, *, wait_seconds: float = 120.0) -> None:
+        expected = self.config.data.num_clients + 1
+        deadline = time.monotonic() + wait_seconds
+        node_ids = list(self.grid.get_node_ids())
+        while len(node_ids) < expected and time.monotonic() < deadline:
+            time.sleep(1.0)
+            node_ids = list(self.grid.get_node_ids())
+        replies = self._exchange([self._message(n, keys.MSG_DESCRIBE, {}) for n in node_ids])
+        for node_id in node_ids:
+            reply = replies.get(node_id)
+            if reply is None:
+                log.warning("node %s did not answer describe; left out", node_id)
+                continue
+            try:
+                info = parse_describe(reply)
+            except ReplyRejected as exc:
+                log.warning("%s; left out", exc)
+                continue
+            if info.role == keys.ROLE_TEACHER:
+                if self.teacher is not None:
+                    raise DiscoveryError(f"two teacher nodes: {self.teacher.node_id} and {node_id}")
+                self.teacher = info
+            else:
+                self.clients[node_id] = info
+        if self.teacher is None:
+            raise TeacherUnavailable("no node answered as teacher; start one with role='teacher'")
+        counts = {len(c.label_counts) for c in self.clients.values()}
+        if len(counts) > 1:
+            raise DiscoveryError(f"clients disagree on the number of classes: {sorted(counts)}")
+        if len(self.clients) < self.config.federation.min_replies:
+            raise DiscoveryError(
+                f"{len(self.clients)} edge clients answered, federation.min_replies is {self.config.federation.min_replies}"
+            )
+        self.num_classes = counts.pop()
+        self.ledger.start_run(self.run_id, self.config.to_flat())
+        log.info("federation: %d clients, teacher node %s", len(self.clients), self.teacher.node_id)
+
+    # -- rounds ------------------------------------------------------------------------
+    def public_ids(self, round_index: int) -> np.ndarray:
+        k, pool = self.config.federation.public_per_round, self.config.data.public_size
+        return (np.arange((round_index - 1) * k, round_index * k) % pool).astype(np.int64)
+
+    def run(self) -> list[dict]:
+        self.discover()
+        targets: bytes | None = None
+        history = []
+        for r in range(1, self.config.federation.rounds + 1):
+            report, targets = self.run_round(r, targets)
+            summary = report.summary()
+            self.metrics.append({"run_id": self.run_id, **summary})
+            history.append(summary)
+            self.on_round(summary)
+        self.finish()
+        return history
+
+    def run_round(self, r: int, targets: bytes | None) -> tuple[RoundReport, bytes | None]:
+        t0, cfg = time.perf_counter(), self.config
+        ids = self.public_ids(r)
+        fields = {keys.ROUND_INDEX: r, keys.QUERY_IDS: ids.tolist()}
+        if targets is not None:
+            fields[keys.TARGET_BLOB] = targets
+        replies = self._exchange([self._message(n, keys.MSG_ROUND, fields) for n in self.clients])
+        accepted: list[Contribution] = []
+        decoded_logits: list[np.ndarray] = []
+        rejected: dict[str, str] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        for node_id, info in self.clients.items():
+            reply = replies.get(node_id)
+            try:
+                if reply is None:
+                    raise ReplyRejected(client=info.client_id, round_index=r, reason="no reply before the timeout")
+                decoded, blob = read_logits(
+                    reply, who=info.client_id, round_index=r, blob_key=keys.LOGITS_BLOB, expected_ids=ids, num_classes=self.num_classes
+                )
+            except ReplyRejected as exc:
+                log.warning("%s", exc)
+                rejected[info.client_id] = exc.reason
+                continue
+            accepted.append(Contribution(info.client_id, node_id, ids, blob, float(info.num_examples)))
+            decoded_logits.append(decoded.logits)
+            metrics[info.client_id] = reply_metrics(reply)
+        for node_id in set(replies) - set(self.clients):
+            log.warning("round %d: reply from unknown node %s ignored", r, node_id)
+        report = RoundReport(r, [c.client_id for c in accepted], rejected, metrics)
+        report.bytes_up_per_client = float(np.mean([len(c.payload) for c in accepted])) if accepted else 0.0
+        report.bytes_down_per_client = float(len(targets)) if targets is not None else 0.0
+        consensus = None
+        if len(accepted) >= cfg.federation.min_replies:
+            probs = np.stack([softmax_np(z, temperature=cfg.train.temperature) for z in decoded_logits])  # (K, N, C)
+            weights = np.array([c.weight for c in accepted])
+            support = np.array([self.clients[c.node_id].label_counts for c in accepted], dtype=float)
+            consensus = self.rule.aggregate(probs, weights=weights, support=support)  # (N, C)
+        else:
+            log.warning("round %d: %d valid replies < min_replies %d; not aggregated", r, len(accepted), cfg.federation.min_replies)
+        self.ledger.record_round(
+            run_id=self.run_id, round_index=r, accepted=accepted, rejected=[(cid, -1, why) for cid, why in rejected.items()],
+            rule=self.rule.name, consensus_ids=ids if consensus is not None else None, consensus=consensus,
+        )
+        next_targets = None
+        if consensus is not None:
+            next_targets = self._teach(r, ids, consensus, report)
+        report.seconds = time.perf_counter() - t0
+        return report, next_targets
+
+    def _teach(self, r: int, ids: np.ndarray, consensus: np.ndarray, report: RoundReport) -> bytes:
+        """Hand the consensus to the teacher; its refined logits are next round's targets."""
+        log_probs = np.log(np.clip(consensus, 1e-12, None)).astype(np.float32)
+        msg = self._message(self.teacher.node_id, keys.MSG_TEACH, {keys.ROUND_INDEX: r, keys.CONSENSUS_BLOB: encode_logits(ids, log_probs, dtype="float32")})
+        reply = self._exchange([msg]).get(self.teacher.node_id)
+        try:
+            if reply is None:
+                raise ReplyRejected(client="teacher", round_index=r, reason="no reply before the timeout")
+            _, refined = read_logits(reply, who="teacher", round_index=r, blob_key=keys.REFINED_BLOB, expected_ids=ids, num_classes=self.num_classes)
+        except ReplyRejected as exc:
+            log.error("%s; the consensus itself becomes next round's targets", exc)
+            # Scaled by T so that the clients' softmax(z / T) gives back the consensus.
+            return encode_logits(ids, log_probs * self.config.train.temperature, dtype=self.config.federation.wire_dtype)
+        report.teacher_ok = True
+        report.teacher_metrics = reply_metrics(reply)
+        return refined
+
+    def finish(self) -> None:
+        nodes = list(self.clients) + [self.teacher.node_id]
+        replies = self._exchange([self._message(n, keys.MSG_FINISH, {}) for n in nodes])
+        for n in nodes:
+            if n not in replies or replies[n].has_error():
+                why = replies[n].error.reason if n in replies else "no reply"
+                log.warning("node %s could not save its adapters: %s", n, why)
+        self.ledger.close()

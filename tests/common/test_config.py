@@ -1,0 +1,56 @@
+import argparse
+
+import pytest
+
+from common.config import ConfigError, NebulaConfig, add_arguments, overrides_from_args
+from common.presets import PRESETS, preset_config
+
+
+def test_flat_round_trip():
+    config = NebulaConfig().validate()
+    assert NebulaConfig.from_flat(config.to_flat()) == config
+
+
+def test_from_flat_coerces_strings_from_the_command_line():
+    config = NebulaConfig.from_flat({"federation.rounds": "7", "train.lr": "0.01", "data.dataset": "bbc"})
+    assert config.federation.rounds == 7 and config.train.lr == 0.01 and config.data.dataset == "bbc"
+
+
+@pytest.mark.parametrize(
+    "flat, message",
+    [
+        ({"federation.rounds": 0}, "federation.rounds must be > 0"),
+        ({"federation.roundz": 3}, "unknown configuration key 'federation.roundz'"),
+        ({"data.num_clients": "many"}, "data.num_clients must be int"),
+        ({"data.dirichlet_alpha": -1.0}, "data.dirichlet_alpha must be > 0"),
+        ({"train.micro_batch_size": 64}, "micro_batch_size (64) must be <="),
+        ({"federation.wire_dtype": "bfloat16"}, "federation.wire_dtype"),
+        ({"model.student_overrides": "x:minilm-l6"}, "not 'client-index:model'"),
+        ({"federation.min_replies": 9, "data.num_clients": 3}, "exceeds data.num_clients"),
+    ],
+)
+def test_bad_values_name_the_field(flat, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        NebulaConfig.from_flat(flat)
+
+
+def test_student_overrides_per_client():
+    config = NebulaConfig.from_flat({"model.student_overrides": "1:minilm-l6, 3:/models/x"})
+    assert [config.model.student_for_client(i) for i in range(4)] == ["minilm-l3", "minilm-l6", "minilm-l3", "/models/x"]
+
+
+def test_command_line_options_map_to_flat_keys():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--rounds", "4", "--num-clients", "6"])
+    assert overrides_from_args(args) == {"federation.rounds": "4", "data.num_clients": "6"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid(name):
+    preset_config(name)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        preset_config("huge")
