@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from common.assets import resolve_model
 
@@ -68,7 +69,13 @@ def load_learner(
     path = resolve_model(name_or_path, cache_dir=Path(cache_dir) if cache_dir else None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(seed)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    # The load report lists the new classification head as "missing": expected here, noise in a run.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,

@@ -70,7 +70,7 @@ def _simulate(args: argparse.Namespace) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    history = simulate(config, on_round=_progress(config.federation.rounds), workers=args.workers)
+    history = simulate(config, on_round=_progress(config.federation.rounds), workers=args.workers, verbose=args.verbose)
     print(f"federation done in {time.perf_counter() - t0:.0f} s", flush=True)
     results = []
     for name in wanted:

@@ -47,6 +47,7 @@ def simulate(
     *,
     on_round: Callable[[dict], None] | None = None,
     workers: int | None = None,
+    verbose: bool = False,
 ) -> list[dict]:
     """Run the federation and return the per-round summaries.
 
@@ -55,6 +56,9 @@ def simulate(
     workers : int, optional
         Parallel Ray actors (default: one per CPU core, at most the number of nodes).
         Each gets ``cores / workers`` torch threads unless ``train.threads`` is set.
+    verbose : bool
+        Forward the workers' own logs. Off by default: a client's failure still reaches
+        the server as an error reply with its reason, which the server logs.
     """
     from flwr.simulation import run_simulation  # heavy import, only when simulating
 
@@ -72,7 +76,7 @@ def simulate(
     server_app = build_server_app(config, on_round=on_round, on_done=history.extend)
     backend_config = {
         "client_resources": {"num_cpus": max(1, cores // workers), "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True},
+        "init_args": {"num_cpus": cores, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": verbose},
     }
     started = time.perf_counter()
     with _private_runtime_dirs():

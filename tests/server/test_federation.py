@@ -1,0 +1,167 @@
+"""The server's round rules against a scripted grid: no Ray, no models, no network.
+
+Each fake node answers with whatever the test scripts: good logits, an error reply,
+malformed payloads, silence. The checks are the operator-visible rules of
+server/federation.py: bad replies are left out with a reason and recorded, the round goes
+on with enough replies, a failed teacher falls back to the consensus.
+"""
+
+from typing import Callable
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common import keys
+from common.presets import preset_config
+from common.training import softmax_np
+from common.wire import decode_logits, encode_logits
+from server.exceptions import TeacherUnavailable
+from server.federation import Federation
+from server.ledger import Ledger
+
+C = 3
+TEACHER = 99
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    # Messages can only be built inside a Flower task; give the test process one.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
+    content = RecordDict({keys.REPLY: ConfigRecord(fields)})
+    if metrics:
+        content[keys.METRICS] = MetricRecord(metrics)
+    return Message(content, reply_to=msg)
+
+
+def describe(msg: Message, index: int, role: str = keys.ROLE_CLIENT) -> Message:
+    return reply(msg, {
+        keys.ROLE: role, keys.CLIENT_ID: "teacher" if role == keys.ROLE_TEACHER else f"client-{index}",
+        keys.CLIENT_INDEX: index, keys.MODEL: "m", keys.NUM_EXAMPLES: 10 + index, keys.LABEL_COUNTS: [3, 3, 4 + index],
+    })
+
+
+def honest(index: int, *, bias: int = 0) -> Callable[[Message], Message]:
+    def node(msg: Message) -> Message:
+        kind = msg.metadata.message_type
+        if kind == keys.MSG_DESCRIBE:
+            return describe(msg, index)
+        if kind == keys.MSG_ROUND:
+            ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
+            logits = np.zeros((len(ids), C), np.float32)
+            logits[:, bias] = 2.0
+            return reply(msg, {keys.CLIENT_ID: f"client-{index}", keys.LOGITS_BLOB: encode_logits(ids, logits)}, {"acc_global": 0.5})
+        return reply(msg, {keys.CLIENT_ID: f"client-{index}"})
+    return node
+
+
+def teacher(*, fail: bool = False) -> Callable[[Message], Message]:
+    def node(msg: Message) -> Message:
+        kind = msg.metadata.message_type
+        if kind == keys.MSG_DESCRIBE:
+            return describe(msg, -1, keys.ROLE_TEACHER)
+        if kind == keys.MSG_TEACH:
+            if fail:
+                return Message(Error(500, "RuntimeError: out of memory"), reply_to=msg)
+            consensus = decode_logits(msg.content.config_records[keys.ROUND][keys.CONSENSUS_BLOB])
+            return reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(consensus.ids, consensus.logits)},
+                         {"acc_teacher": 0.6, "acc_student": 0.55})
+        return reply(msg, {keys.CLIENT_ID: "teacher"})
+    return node
+
+
+class ScriptedGrid:
+    def __init__(self, nodes: dict[int, Callable[[Message], Message | None]]) -> None:
+        self.nodes, self.sent = nodes, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        out = []
+        for m in messages:
+            self.sent.append(m)
+            r = self.nodes[m.metadata.dst_node_id](m)
+            if r is not None:
+                out.append(r)
+        return out
+
+
+def make(tmp_path, nodes, **overrides) -> tuple[Federation, ScriptedGrid]:
+    config = preset_config("smoke", {"federation.output_dir": str(tmp_path), "data.num_clients": len(nodes) - 1, **overrides})
+    grid = ScriptedGrid(nodes)
+    return Federation(grid, config), grid
+
+
+def with_round_reply(base, change: Callable[[Message, Message], Message | None]):
+    def node(msg: Message):
+        good = base(msg)
+        return change(msg, good) if msg.metadata.message_type == keys.MSG_ROUND else good
+    return node
+
+
+def test_bad_replies_are_left_out_with_reasons_and_recorded(tmp_path):
+    ids_shifted = lambda msg, good: reply(msg, {keys.LOGITS_BLOB: encode_logits(np.arange(24) + 1000, np.zeros((24, C)))})
+    nodes = {
+        1: honest(0), 2: honest(1),
+        3: with_round_reply(honest(2), lambda msg, good: Message(Error(400, "ValueError: no data"), reply_to=msg)),
+        4: with_round_reply(honest(3), lambda msg, good: None),  # silent
+        5: with_round_reply(honest(4), ids_shifted),
+        6: with_round_reply(honest(5), lambda msg, good: reply(msg, {keys.LOGITS_BLOB: b"NBLG\x01"})),
+        TEACHER: teacher(),
+    }
+    fed, grid = make(tmp_path, nodes)
+    history = fed.run()
+    last = history[-1]
+    assert last["accepted"] == 2 and last["teacher_ok"]
+    assert set(last["rejected"]) == {"client-2", "client-3", "client-4", "client-5"}
+    assert "no data" in last["rejected"]["client-2"]
+    assert "timeout" in last["rejected"]["client-3"]
+    assert "ids not in expected_ids: [1000" in last["rejected"]["client-4"]
+    assert "payload truncated" in last["rejected"]["client-5"]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    assert {c.client_id for _, c in ledger.contributions(fed.run_id)} == {"client-0", "client-1"}
+    assert len(ledger.rejections(fed.run_id)) == 8  # 4 clients x 2 rounds
+
+
+def test_round_two_sends_the_teachers_targets_to_every_client(tmp_path):
+    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1, bias=2), TEACHER: teacher()})
+    fed.run()
+    round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-2:]
+    assert all(keys.TARGET_BLOB in m.content.config_records[keys.ROUND] for m in round2)
+    targets = decode_logits(round2[0].content.config_records[keys.ROUND][keys.TARGET_BLOB])
+    np.testing.assert_array_equal(targets.ids, fed.public_ids(1))
+
+
+def test_too_few_replies_skip_aggregation_and_the_next_targets(tmp_path):
+    silent = lambda msg, good: None
+    nodes = {1: honest(0), 2: with_round_reply(honest(1), silent), 3: with_round_reply(honest(2), silent), TEACHER: teacher()}
+    fed, grid = make(tmp_path, nodes)
+    history = fed.run()
+    assert [h["accepted"] for h in history] == [1, 1]
+    assert not any(m.metadata.message_type == keys.MSG_TEACH for m in grid.sent)
+    round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-3:]
+    assert not any(keys.TARGET_BLOB in m.content.config_records[keys.ROUND] for m in round2)
+    assert Ledger(tmp_path / "ledger.sqlite").consensus(fed.run_id, 1) is None
+
+
+def test_failed_teacher_falls_back_to_the_consensus(tmp_path):
+    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1, bias=2), TEACHER: teacher(fail=True)})
+    history = fed.run()
+    assert not history[0]["teacher_ok"]
+    round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-1]
+    targets = decode_logits(round2.content.config_records[keys.ROUND][keys.TARGET_BLOB])
+    ids, consensus = Ledger(tmp_path / "ledger.sqlite").consensus(fed.run_id, 1)
+    recovered = softmax_np(targets.logits, temperature=fed.config.train.temperature)
+    np.testing.assert_allclose(recovered, consensus, atol=2e-3)
+
+
+def test_no_teacher_is_a_clear_error(tmp_path):
+    fed, _ = make(tmp_path, {1: honest(0), 2: honest(1), 3: honest(2)})
+    with pytest.raises(TeacherUnavailable, match="no node answered as teacher"):
+        fed.run()
