@@ -8,6 +8,7 @@ keeps running.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,11 @@ def _setup(msg: Message, context: Context) -> tuple[NebulaConfig, NodeIdentity, 
     config = NebulaConfig.from_flat(dict(msg.content.config_records[keys.CONFIG]))
     round_rec = msg.content.config_records.get(keys.ROUND, ConfigRecord())
     teacher_index = int(round_rec.get(keys.TEACHER_INDEX, config.data.num_clients))
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    return config, identify(context, teacher_index=teacher_index), round_rec
+    node = identify(context, teacher_index=teacher_index)
+    threads = (config.train.teacher_threads or os.cpu_count()) if node.role == keys.ROLE_TEACHER else config.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    return config, node, round_rec
 
 
 def _output_dir(context: Context, round_rec: ConfigRecord) -> Path:

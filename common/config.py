@@ -94,10 +94,11 @@ class TrainConfig:
     digest_epochs: int = _opt(1, "epochs over received targets per round (digest)")
     temperature: float = _opt(1.0, "distillation temperature T")
     teacher_lr: float = _opt(1e-3, "AdamW learning rate of the teacher")
-    teacher_epochs: int = _opt(2, "teacher epochs over all consensus targets gathered so far")
-    student_epochs: int = _opt(2, "global-student epochs over the teacher's targets per round")
+    teacher_epochs: int = _opt(1, "teacher epochs over all consensus targets gathered so far")
+    student_epochs: int = _opt(1, "global-student epochs over the teacher's targets per round")
     eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
-    threads: int = _opt(0, "torch threads per process (0 = let torch decide)")
+    threads: int = _opt(0, "torch threads of an edge client (0 = let torch decide)")
+    teacher_threads: int = _opt(0, "torch threads of the teacher node (0 = every core: it works while clients wait)")
 
     def validate(self) -> None:
         _positive(self, "lr", "batch_size", "micro_batch_size", "teacher_lr", "eval_every", "temperature")
@@ -105,7 +106,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.micro_batch_size ({self.micro_batch_size}) must be <= train.batch_size ({self.batch_size})"
             )
-        for name in ("local_epochs", "digest_epochs", "teacher_epochs", "student_epochs", "threads"):
+        for name in ("local_epochs", "digest_epochs", "teacher_epochs", "student_epochs", "threads", "teacher_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -113,8 +114,8 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     rounds: int = _opt(3, "federation rounds")
-    public_per_round: int = _opt(400, "public inputs the clients answer each round")
-    aggregation: str = _opt("class-support", "aggregation rule: mean, entropy, class-support, median, trimmed-mean")
+    public_per_round: int = _opt(300, "public inputs the clients answer each round")
+    aggregation: str = _opt("mean", "aggregation rule: mean, entropy, class-support, median, trimmed-mean")
     min_replies: int = _opt(2, "valid client replies needed to aggregate a round")
     wire_dtype: str = _opt("float16", "dtype of logits on the wire: float16, float32, int8")
     reply_timeout: float = _opt(900.0, "seconds to wait for the replies of one exchange")

@@ -14,11 +14,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.num_clients": 10,
         "data.dirichlet_alpha": 0.3,
         "data.test_size": 1000,
-        "data.public_size": 4000,
+        "data.public_size": 2000,
         "data.private_size": 3000,
-        "federation.rounds": 8,
-        "federation.public_per_round": 500,
+        "federation.rounds": 5,
+        "federation.public_per_round": 400,
         "federation.min_replies": 5,
+        "train.eval_every": 5,
     },
     # The end-to-end test: 3 clients x 2 rounds, tiny data, few steps.
     "smoke": {

@@ -53,6 +53,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulation.engine import simulate
     from simulation.report import baseline_row, federation_row, format_table, save_plot, save_results
 
+    _quiet_libraries(args.verbose)  # after the imports: importing flwr resets its logger to DEBUG
+
     try:
         config = preset_config(args.preset, overrides_from_args(args))
         wanted = [b for b in args.baselines.split(",") if b and b != "none"]
@@ -113,10 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        for noisy in ("flwr", "ray", "transformers", "httpx"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_libraries(args.verbose)
     return args.func(args)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    if not verbose:
+        for noisy in ("flwr", "ray", "transformers", "httpx", "matplotlib"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
