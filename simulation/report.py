@@ -10,6 +10,7 @@ import numpy as np
 from simulation.baselines import BaselineResult
 
 COLUMNS = ("method", "mean client acc", "min client", "client own-split acc", "teacher", "global student", "up B/client/round", "down B/client/round", "seconds")
+ACCURACY_COLUMNS = frozenset(COLUMNS[1:6])
 
 
 def federation_row(history: list[dict], *, aggregation: str) -> dict:
@@ -41,19 +42,19 @@ def baseline_row(b: BaselineResult) -> dict:
     }
 
 
-def _cell(value) -> str:
+def _cell(value, column: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
     if isinstance(value, str):
         return value
-    return f"{100 * value:.1f}" if value <= 1.0 else f"{value:,.0f}"
+    return f"{100 * value:.1f}" if column in ACCURACY_COLUMNS else f"{value:,.0f}"
 
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table; accuracies in percent, bytes and seconds as integers."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -74,6 +75,10 @@ def save_plot(history: list[dict], baselines: list[BaselineResult], path: Path) 
             ax_acc.plot(range(1, len(b.curve) + 1), b.curve, linestyle="--", label=b.name)
         elif b.mean_client_acc is not None:
             ax_acc.axhline(b.mean_client_acc, linestyle=":", color="grey", label=f"{b.name} (final)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_acc, ax_bytes):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.set(xlabel="round", ylabel="accuracy on the global test set", title="Accuracy")
     ax_acc.legend(fontsize=8)
     ax_bytes.plot(rounds, [h["bytes_up_per_client"] for h in history], marker="o", label="FD up")
