@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.edge import EdgeClient
@@ -105,8 +105,14 @@ def train_round(msg: Message, context: Context) -> Message:
     targets = rec.get(keys.TARGET_BLOB)
     query_ids = np.asarray(rec[keys.QUERY_IDS], dtype=np.int64)
     evaluate = round_index % config.train.eval_every == 0 or round_index == config.federation.rounds
-    out = EdgeClient(config, node.index, context).run_round(
-        round_index=round_index, targets=targets or None, query_ids=query_ids, evaluate=evaluate
+    client = EdgeClient(config, node.index, context)
+    start_from = None
+    if keys.STUDENT_STATE in msg.content.array_records:
+        if rec.get(keys.STUDENT_MODEL) != client.model_name:
+            raise ValueError(f"global student is a {rec.get(keys.STUDENT_MODEL)!r} model, this client runs {client.model_name!r}")
+        start_from = msg.content.array_records[keys.STUDENT_STATE].to_torch_state_dict()
+    out = client.run_round(
+        round_index=round_index, targets=targets or None, query_ids=query_ids, evaluate=evaluate, start_from=start_from
     )
     blob = corrupt(out.logits_blob, faults[node.index]) if node.index in faults else out.logits_blob
     return _reply(msg, {keys.CLIENT_ID: node.client_id, keys.LOGITS_BLOB: blob}, out.metrics)
@@ -118,10 +124,12 @@ def teach(msg: Message, context: Context) -> Message:
     config, node, rec = _setup(msg, context)
     if node.role != keys.ROLE_TEACHER:
         raise ValueError(f"{keys.MSG_TEACH} sent to edge client {node.client_id}")
-    refined, metrics = TeacherNode(config, context).teach(
+    refined, metrics, student_state = TeacherNode(config, context).teach(
         round_index=int(rec[keys.ROUND_INDEX]), consensus=rec[keys.CONSENSUS_BLOB], output_dir=_output_dir(context, rec)
     )
-    return _reply(msg, {keys.CLIENT_ID: node.client_id, keys.REFINED_BLOB: refined}, metrics)
+    reply = _reply(msg, {keys.CLIENT_ID: node.client_id, keys.REFINED_BLOB: refined}, metrics)
+    reply.content[keys.STUDENT_STATE] = ArrayRecord(torch_state_dict=student_state)
+    return reply
 
 
 @app.query("finish")

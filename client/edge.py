@@ -66,8 +66,14 @@ class EdgeClient:
         }
 
     # -- one round --------------------------------------------------------------------
-    def run_round(self, *, round_index: int, targets: bytes | None, query_ids: np.ndarray, evaluate: bool) -> RoundOutput:
+    def run_round(
+        self, *, round_index: int, targets: bytes | None, query_ids: np.ndarray, evaluate: bool,
+        start_from: dict[str, torch.Tensor] | None = None,
+    ) -> RoundOutput:
+        """One round. ``start_from``: the global student's trainable state to start from (same base model)."""
         cfg, t0 = self.config, time.perf_counter()
+        if start_from is not None:
+            load_trainable_state(self.learner.model, start_from)
         tok, model, max_len = self.learner.tokenizer, self.learner.model, cfg.data.max_length
         seed = cfg.data.seed * 1000 + round_index * 10 + self.index
         metrics: dict[str, float] = {}
@@ -81,9 +87,17 @@ class EdgeClient:
             enc = encode(tok, self.data.public_texts(decoded.ids), max_length=max_len)
             res = fit(model, enc, targets=probs, epochs=cfg.train.digest_epochs, temperature=cfg.train.temperature, seed=seed, **common)
             metrics["digest_loss"] = res.mean_loss
-        # (2) revisit private data
+        # (2) revisit private data; from round 2 on, also distill from the round-start model's own
+        # predictions on these inputs (alpha), so fitting skewed local labels does not erase
+        # what was downloaded and digested (FedNTD, Lee et al. 2022; FedLSD). Nothing extra is sent.
         enc = encode(tok, self.data.texts(self.split.train), max_length=max_len)
-        res = fit(model, enc, labels=self.data.labels(self.split.train), epochs=cfg.train.local_epochs, seed=seed + 1, **common)
+        keep = None
+        if round_index > 1 and cfg.train.alpha > 0:
+            keep = softmax_np(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
+        res = fit(
+            model, enc, labels=self.data.labels(self.split.train), targets=keep, alpha=cfg.train.alpha,
+            temperature=cfg.train.temperature, epochs=cfg.train.local_epochs, seed=seed + 1, **common,
+        )
         metrics["train_loss"] = res.mean_loss
         # (3) answer soft logits on this round's public inputs
         self._check_ids(query_ids)

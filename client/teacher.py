@@ -5,7 +5,8 @@ Each round the teacher
 2. trains its own LoRA toward all consensus targets gathered so far (KL at T),
 3. answers refined targets: its own logits on this round's public inputs,
 4. distills the global student (same architecture as the edge students) from its own
-   predictions on every public input seen so far,
+   predictions on the whole public pool (``train.student_inputs = "pool"``: the pool is
+   public and unlabeled, so the teacher may label all of it) or on the inputs seen so far,
 5. evaluates teacher and student on the global test set and checkpoints both adapters.
 """
 
@@ -54,7 +55,10 @@ class TeacherNode:
         self.context.state[CONSENSUS_KEY] = ArrayRecord({"ids": Array(ids), "probs": Array(probs)})
         return ids, probs
 
-    def teach(self, *, round_index: int, consensus: bytes, output_dir: Path) -> tuple[bytes, dict[str, float]]:
+    def teach(
+        self, *, round_index: int, consensus: bytes, output_dir: Path
+    ) -> tuple[bytes, dict[str, float], dict[str, torch.Tensor]]:
+        """Returns the refined targets (wire format), metrics, and the global student's trainable state."""
         cfg, t0 = self.config, time.perf_counter()
         T, max_len = cfg.train.temperature, cfg.data.max_length
         decoded = decode_logits(consensus, num_classes=self.data.num_classes)
@@ -69,13 +73,15 @@ class TeacherNode:
             self.teacher.model, enc_all, targets=probs, epochs=cfg.train.teacher_epochs, temperature=T,
             lr=cfg.train.teacher_lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed,
         )
-        teacher_all = predict_logits(self.teacher.model, enc_all)  # (N_seen, C)
-        pos = {int(i): k for k, i in enumerate(ids)}
-        refined = teacher_all[[pos[int(i)] for i in decoded.ids]]
-        # Global student: distill from the teacher on everything seen so far.
-        enc_student = encode(self.student.tokenizer, self.data.public_texts(ids), max_length=max_len)
+        student_ids = np.arange(len(self.data.public)) if cfg.train.student_inputs == "pool" else ids
+        texts = self.data.public_texts(student_ids)
+        teacher_logits = predict_logits(self.teacher.model, encode(self.teacher.tokenizer, texts, max_length=max_len))
+        pos = {int(i): k for k, i in enumerate(student_ids)}
+        refined = teacher_logits[[pos[int(i)] for i in decoded.ids]]  # (N_round, C)
+        # Global student: distill from the teacher's predictions.
+        enc_student = encode(self.student.tokenizer, texts, max_length=max_len)
         fit(
-            self.student.model, enc_student, targets=softmax_np(teacher_all, temperature=T), epochs=cfg.train.student_epochs,
+            self.student.model, enc_student, targets=softmax_np(teacher_logits, temperature=T), epochs=cfg.train.student_epochs,
             temperature=T, lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed + 1,
         )
         metrics = self.evaluate()
@@ -84,7 +90,8 @@ class TeacherNode:
         self.context.state[STUDENT_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.student.model))
         self.checkpoint(output_dir / "checkpoints" / f"round-{round_index:03d}")
         metrics["seconds"] = time.perf_counter() - t0
-        return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics
+        student_state = trainable_state(self.student.model)
+        return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics, student_state
 
     def evaluate(self) -> dict[str, float]:
         test, labels, max_len = self.data.test, self.data.labels(self.data.test), self.config.data.max_length

@@ -93,15 +93,27 @@ class TrainConfig:
     local_epochs: int = _opt(1, "epochs over private data per round (revisit)")
     digest_epochs: int = _opt(1, "epochs over received targets per round (digest)")
     temperature: float = _opt(1.0, "distillation temperature T")
+    alpha: float = _opt(
+        0.5,
+        "revisit loss = alpha * KL(round-start model's predictions) + (1 - alpha) * CE(labels) from round 2 on: "
+        "keeps what the client downloaded while it fits its own data (0 = plain cross-entropy)",
+    )
     teacher_lr: float = _opt(1e-3, "AdamW learning rate of the teacher")
     teacher_epochs: int = _opt(1, "teacher epochs over all consensus targets gathered so far")
     student_epochs: int = _opt(1, "global-student epochs over the teacher's targets per round")
+    student_inputs: str = _opt(
+        "pool", "what the global student distills on: pool (teacher's predictions on the whole public pool) or seen"
+    )
     eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
     threads: int = _opt(0, "torch threads of an edge client (0 = let torch decide)")
     teacher_threads: int = _opt(0, "torch threads of the teacher node (0 = every core: it works while clients wait)")
 
     def validate(self) -> None:
         _positive(self, "lr", "batch_size", "micro_batch_size", "teacher_lr", "eval_every", "temperature")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"train.alpha must be in [0, 1], got {self.alpha}")
+        if self.student_inputs not in ("pool", "seen"):
+            raise ConfigError(f"train.student_inputs must be pool or seen, got {self.student_inputs!r}")
         if self.micro_batch_size > self.batch_size:
             raise ConfigError(
                 f"train.micro_batch_size ({self.micro_batch_size}) must be <= train.batch_size ({self.batch_size})"
@@ -120,10 +132,17 @@ class FederationConfig:
     wire_dtype: str = _opt("float16", "dtype of logits on the wire: float16, float32, int8")
     reply_timeout: float = _opt(900.0, "seconds to wait for the replies of one exchange")
     output_dir: str = _opt("runs/latest", "folder for the ledger, metrics, plots and checkpoints")
+    client_init: str = _opt(
+        "global-student",
+        "what an edge client starts each round from: global-student (download the teacher's global student when "
+        "the client runs the same base model; uploads stay logits) or own (its own adapter only)",
+    )
     faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
 
     def validate(self) -> None:
         _positive(self, "rounds", "public_per_round", "min_replies", "reply_timeout")
+        if self.client_init not in ("global-student", "own"):
+            raise ConfigError(f"federation.client_init must be global-student or own, got {self.client_init!r}")
         if self.wire_dtype not in ("float16", "float32", "int8"):
             raise ConfigError(f"federation.wire_dtype must be float16, float32 or int8, got {self.wire_dtype!r}")
 

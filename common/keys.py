@@ -23,6 +23,7 @@ QUERY_IDS = "query-ids"  # public-input ids to answer this round (list[int])
 CONSENSUS_BLOB = "consensus"  # wire-format log-probabilities of the consensus (teacher only)
 TEACHER_INDEX = "teacher-index"  # which simulated partition is the teacher
 OUTPUT_DIR = "output-dir"
+STUDENT_MODEL = "student-model"  # base model the global student state belongs to
 
 # Fields of the REPLY record.
 ROLE = "role"
@@ -33,6 +34,9 @@ NUM_EXAMPLES = "num-examples"
 LABEL_COUNTS = "label-counts"  # list[int], one per class: per-class support for aggregation
 LOGITS_BLOB = "logits"
 REFINED_BLOB = "refined"
+
+# ArrayRecord names.
+STUDENT_STATE = "student-state"  # the global student's trainable state (teacher -> server -> clients)
 
 ROLE_CLIENT = "client"
 ROLE_TEACHER = "teacher"

@@ -16,10 +16,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.test_size": 1000,
         "data.public_size": 2000,
         "data.private_size": 3000,
-        "federation.rounds": 5,
+        "federation.rounds": 6,
         "federation.public_per_round": 400,
         "federation.min_replies": 5,
-        "train.eval_every": 5,
+        "train.eval_every": 3,
     },
     # The end-to-end test: 3 clients x 2 rounds, tiny data, few steps.
     "smoke": {

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common import keys
@@ -87,12 +87,22 @@ class Federation:
         self.clients: dict[int, NodeInfo] = {}
         self.teacher: NodeInfo | None = None
         self.num_classes = 0
+        self.student_state: ArrayRecord | None = None  # the global student, sent to same-model clients
 
     # -- messages ----------------------------------------------------------------------
-    def _message(self, node_id: int, message_type: str, fields: dict) -> Message:
+    def _message(self, node_id: int, message_type: str, fields: dict, *, student: ArrayRecord | None = None) -> Message:
         fields = {keys.TEACHER_INDEX: self.config.data.num_clients, keys.OUTPUT_DIR: str(self.out), **fields}
         content = RecordDict({keys.CONFIG: self.config_record, keys.ROUND: ConfigRecord(fields)})
+        if student is not None:
+            content[keys.STUDENT_STATE] = student
+            content.config_records[keys.ROUND][keys.STUDENT_MODEL] = self.config.model.student
         return Message(content, dst_node_id=node_id, message_type=message_type)
+
+    def _student_for(self, info: NodeInfo) -> ArrayRecord | None:
+        """The global student for clients that run its base model, if clients start from it."""
+        if self.config.federation.client_init != "global-student" or info.model != self.config.model.student:
+            return None
+        return self.student_state
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message]:
         replies = self.grid.send_and_receive(messages, timeout=self.config.federation.reply_timeout)
@@ -160,7 +170,8 @@ class Federation:
         fields = {keys.ROUND_INDEX: r, keys.QUERY_IDS: ids.tolist()}
         if targets is not None:
             fields[keys.TARGET_BLOB] = targets
-        replies = self._exchange([self._message(n, keys.MSG_ROUND, fields) for n in self.clients])
+        sent = {n: self._message(n, keys.MSG_ROUND, fields, student=self._student_for(info)) for n, info in self.clients.items()}
+        replies = self._exchange(list(sent.values()))
         accepted: list[Contribution] = []
         decoded_logits: list[np.ndarray] = []
         rejected: dict[str, str] = {}
@@ -184,7 +195,7 @@ class Federation:
             log.warning("round %d: reply from unknown node %s ignored", r, node_id)
         report = RoundReport(r, [c.client_id for c in accepted], rejected, metrics)
         report.bytes_up_per_client = float(np.mean([len(c.payload) for c in accepted])) if accepted else 0.0
-        report.bytes_down_per_client = float(len(targets)) if targets is not None else 0.0
+        report.bytes_down_per_client = float(np.mean([_payload_bytes(m) for m in sent.values()]))
         consensus = None
         if len(accepted) >= cfg.federation.min_replies:
             probs = np.stack([softmax_np(z, temperature=cfg.train.temperature) for z in decoded_logits])  # (K, N, C)
@@ -218,7 +229,25 @@ class Federation:
             return encode_logits(ids, log_probs * self.config.train.temperature, dtype=self.config.federation.wire_dtype)
         report.teacher_ok = True
         report.teacher_metrics = reply_metrics(reply)
+        self._keep_student(reply, r)
         return refined
+
+    def _keep_student(self, reply: Message, r: int) -> None:
+        """Accept the teacher's global student if it is finite and shaped like the last one."""
+        state = reply.content.array_records.get(keys.STUDENT_STATE)
+        problem = None
+        if state is None:
+            problem = "no global student in the teacher's reply"
+        elif self.student_state is not None and {k: a.shape for k, a in state.items()} != {
+            k: a.shape for k, a in self.student_state.items()
+        }:
+            problem = "global student's tensors differ in names or shapes from the previous round's"
+        elif not all(np.isfinite(a.numpy()).all() for a in state.values()):
+            problem = "global student holds non-finite values"
+        if problem:
+            log.error("round %d: %s; clients keep the previous one", r, problem)
+            return
+        self.student_state = state
 
     def finish(self) -> None:
         nodes = list(self.clients) + [self.teacher.node_id]
@@ -228,3 +257,11 @@ class Federation:
                 why = replies[n].error.reason if n in replies else "no reply"
                 log.warning("node %s could not save its adapters: %s", n, why)
         self.ledger.close()
+
+
+def _payload_bytes(msg: Message) -> int:
+    """Bytes of the payloads a message carries: logits blobs and arrays (config scalars aside)."""
+    rec = msg.content.config_records[keys.ROUND]
+    blobs = sum(len(v) for v in rec.values() if isinstance(v, bytes))
+    arrays = sum(len(a.data) for ar in msg.content.array_records.values() for a in ar.values())
+    return blobs + arrays

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from common import keys
@@ -39,18 +39,18 @@ def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
     return Message(content, reply_to=msg)
 
 
-def describe(msg: Message, index: int, role: str = keys.ROLE_CLIENT) -> Message:
+def describe(msg: Message, index: int, role: str = keys.ROLE_CLIENT, model: str = "m") -> Message:
     return reply(msg, {
         keys.ROLE: role, keys.CLIENT_ID: "teacher" if role == keys.ROLE_TEACHER else f"client-{index}",
-        keys.CLIENT_INDEX: index, keys.MODEL: "m", keys.NUM_EXAMPLES: 10 + index, keys.LABEL_COUNTS: [3, 3, 4 + index],
+        keys.CLIENT_INDEX: index, keys.MODEL: model, keys.NUM_EXAMPLES: 10 + index, keys.LABEL_COUNTS: [3, 3, 4 + index],
     })
 
 
-def honest(index: int, *, bias: int = 0) -> Callable[[Message], Message]:
+def honest(index: int, *, bias: int = 0, model: str = "m") -> Callable[[Message], Message]:
     def node(msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == keys.MSG_DESCRIBE:
-            return describe(msg, index)
+            return describe(msg, index, model=model)
         if kind == keys.MSG_ROUND:
             ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
             logits = np.zeros((len(ids), C), np.float32)
@@ -60,7 +60,7 @@ def honest(index: int, *, bias: int = 0) -> Callable[[Message], Message]:
     return node
 
 
-def teacher(*, fail: bool = False) -> Callable[[Message], Message]:
+def teacher(*, fail: bool = False, student: Callable[[int], dict] | None = None) -> Callable[[Message], Message]:
     def node(msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == keys.MSG_DESCRIBE:
@@ -69,8 +69,12 @@ def teacher(*, fail: bool = False) -> Callable[[Message], Message]:
             if fail:
                 return Message(Error(500, "RuntimeError: out of memory"), reply_to=msg)
             consensus = decode_logits(msg.content.config_records[keys.ROUND][keys.CONSENSUS_BLOB])
-            return reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(consensus.ids, consensus.logits)},
-                         {"acc_teacher": 0.6, "acc_student": 0.55})
+            out = reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(consensus.ids, consensus.logits)},
+                        {"acc_teacher": 0.6, "acc_student": 0.55})
+            if student is not None:
+                r = msg.content.config_records[keys.ROUND][keys.ROUND_INDEX]
+                out.content[keys.STUDENT_STATE] = ArrayRecord({k: Array(v) for k, v in student(r).items()})
+            return out
         return reply(msg, {keys.CLIENT_ID: "teacher"})
     return node
 
@@ -165,3 +169,31 @@ def test_no_teacher_is_a_clear_error(tmp_path):
     fed, _ = make(tmp_path, {1: honest(0), 2: honest(1), 3: honest(2)})
     with pytest.raises(TeacherUnavailable, match="no node answered as teacher"):
         fed.run()
+
+
+def test_global_student_goes_only_to_clients_of_its_architecture(tmp_path):
+    state = lambda r: {"lora_A": np.full((8, 4), float(r), np.float32), "head": np.ones(3, np.float32)}
+    nodes = {1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l6"), TEACHER: teacher(student=state)}
+    fed, grid = make(tmp_path, nodes)
+    history = fed.run()
+    round2 = {m.metadata.dst_node_id: m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND}
+    same, other = round2[1], round2[2]
+    assert keys.STUDENT_STATE in same.content.array_records
+    np.testing.assert_array_equal(same.content.array_records[keys.STUDENT_STATE]["lora_A"].numpy(), np.ones((8, 4)))
+    assert same.content.config_records[keys.ROUND][keys.STUDENT_MODEL] == "minilm-l3"
+    assert keys.STUDENT_STATE not in other.content.array_records
+    targets = len(same.content.config_records[keys.ROUND][keys.TARGET_BLOB])
+    npy_header = 128  # Flower serialises each array as .npy: a 128-byte header, then the data
+    state_bytes = (npy_header + 8 * 4 * 4) + (npy_header + 3 * 4)
+    assert history[1]["bytes_down_per_client"] == (targets + state_bytes + targets) / 2
+
+
+def test_a_non_finite_or_reshaped_global_student_is_refused(tmp_path):
+    def state(r):
+        if r == 1:
+            return {"w": np.ones(4, np.float32)}
+        return {"w": np.array([1, np.nan, 1, 1], np.float32)} if r == 2 else {"w": np.ones(5, np.float32)}
+    fed, grid = make(tmp_path, {1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l3"), TEACHER: teacher(student=state)},
+                     **{"federation.rounds": 3})
+    fed.run()
+    np.testing.assert_array_equal(fed.student_state["w"].numpy(), np.ones(4))
