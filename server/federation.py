@@ -175,6 +175,7 @@ class Federation:
         accepted: list[Contribution] = []
         decoded_logits: list[np.ndarray] = []
         rejected: dict[str, str] = {}
+        rejected_nodes: dict[str, int] = {}
         metrics: dict[str, dict[str, float]] = {}
         for node_id, info in self.clients.items():
             reply = replies.get(node_id)
@@ -186,7 +187,7 @@ class Federation:
                 )
             except ReplyRejected as exc:
                 log.warning("%s", exc)
-                rejected[info.client_id] = exc.reason
+                rejected[info.client_id], rejected_nodes[info.client_id] = exc.reason, node_id
                 continue
             accepted.append(Contribution(info.client_id, node_id, ids, blob, float(info.num_examples)))
             decoded_logits.append(decoded.logits)
@@ -205,7 +206,7 @@ class Federation:
         else:
             log.warning("round %d: %d valid replies < min_replies %d; not aggregated", r, len(accepted), cfg.federation.min_replies)
         self.ledger.record_round(
-            run_id=self.run_id, round_index=r, accepted=accepted, rejected=[(cid, -1, why) for cid, why in rejected.items()],
+            run_id=self.run_id, round_index=r, accepted=accepted, rejected=[(cid, rejected_nodes[cid], why) for cid, why in rejected.items()],
             rule=self.rule.name, consensus_ids=ids if consensus is not None else None, consensus=consensus,
         )
         next_targets = None
