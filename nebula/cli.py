@@ -89,6 +89,63 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from deploy.edge.errors import ExportError
+    from deploy.edge.export import ExportConfig, export_adapter
+
+    labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
+    config = ExportConfig(
+        adapter_dir=args.adapter_dir, out=args.out, target=args.target, base=args.base, max_length=args.max_length,
+        prune_vocab_from=args.prune_vocab_from, labels=labels, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
+    )
+    try:
+        if args.report and not args.dataset:
+            raise ExportError("--report needs --dataset (whose test split is measured)")
+        t0 = time.perf_counter()
+        manifest = export_adapter(config)
+        vocab = f", vocabulary {manifest.kept_vocab_size} tokens" if manifest.kept_vocab_size else ""
+        print(f"exported {args.adapter_dir} -> {args.out} ({manifest.target}, labels {', '.join(manifest.labels)}{vocab}) "
+              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.report:
+            from deploy.edge.report import build_report, format_markdown, write_report
+
+            report = build_report(args.out, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
+                                  teacher_adapter=args.teacher, threads=args.threads, repeats=args.repeats)
+            md, js = write_report(report, args.out)
+            print("\n" + format_markdown(report) + f"\n\nreport: {md}, {js}")
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from deploy.edge.errors import ExportError
+    from deploy.edge.runtime import EdgePredictor
+
+    texts = list(args.texts)
+    if args.file:
+        try:
+            lines = sys.stdin.read().splitlines() if args.file == "-" else Path(args.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: {args.file}: {exc}", file=sys.stderr)
+            return 2
+        texts += [line for line in (x.strip() for x in lines) if line]
+    if not texts:
+        print("error: no texts: pass them as arguments or with --file", file=sys.stderr)
+        return 2
+    try:
+        predictor = EdgePredictor(args.export_dir, intra_op_threads=args.threads)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    probs = predictor.predict_proba(texts)
+    for text, row in zip(texts, probs):
+        scores = " ".join(f"{name}={p:.3f}" for name, p in zip(predictor.labels, row))
+        print(f"{predictor.labels[int(row.argmax())]}\t{scores}\t{text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nebula", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
@@ -109,6 +166,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
         add_arguments(p)
         p.set_defaults(func=_simulate)
+
+    from deploy.edge.onnx_export import TARGETS  # numpy only; torch loads in the command
+
+    text = "export an adapter as an ONNX package for edge devices (merged, quantised, optionally vocabulary-pruned)"
+    p = sub.add_parser("export", help=text, description=text)
+    p.add_argument("adapter_dir", help="adapter folder, e.g. runs/latest/models/global-student or runs/latest/clients/<id>/adapter")
+    p.add_argument("--out", required=True, help="export folder to write (replaced if it holds an earlier export)")
+    p.add_argument("--target", default="cpu-int8", choices=list(TARGETS),
+                   help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default cpu-int8)")
+    p.add_argument("--base", default=None, help="base model override: builtin name or folder (default: the adapter's own)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per input, as in training (default 64)")
+    p.add_argument("--prune-vocab-from", default=None, metavar="DATASET",
+                   help="keep only the tokens of this corpus (dataset name, .csv/.jsonl, or .txt one text per line); "
+                        "other tokens become [UNK]")
+    p.add_argument("--labels", default=None, help="comma list of class names in label-id order (default: from --dataset)")
+    p.add_argument("--dataset", default=None, help="dataset the adapter learned: label names, report test set, static-int8 calibration")
+    p.add_argument("--report", action="store_true", help="measure size, accuracy, agreement and latency (needs --dataset)")
+    p.add_argument("--teacher", default=None, metavar="ADAPTER_DIR", help="teacher adapter to compare with in the report")
+    p.add_argument("--test-size", type=int, default=500, help="global test examples (as data.test_size, default 500)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (as data.seed, default 0)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads while timing the report (default 1)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure, after 3 warm-up runs (default 20)")
+    p.set_defaults(func=_export)
+
+    text = "classify texts with an export package (onnxruntime only): label and class probabilities per line"
+    p = sub.add_parser("predict", help=text, description=text)
+    p.add_argument("export_dir", help="folder written by `nebula export`")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    p.add_argument("--file", default=None, help="also classify each non-empty line of this file ('-' reads stdin)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.set_defaults(func=_predict)
     return parser
 
 
