@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 
+from common import keys
 from common.config import NebulaConfig
 from common.federation_data import FederationData, build_federation_data
 from common.models import Learner, LoraSpec, load_learner, load_trainable_state, save_adapter, trainable_state
+from common.priors import prior_shift
 from common.training import accuracy, encode, fit, predict_logits, softmax_np
 from common.wire import decode_logits, encode_logits
 
@@ -50,6 +52,7 @@ class EdgeClient:
         self.config, self.index, self.context = config, index, context
         self.data: FederationData = build_federation_data(config.data)
         self.split = self.data.clients[index]
+        self.shift: np.ndarray | None = None  # log pi_k - log pi, set each round (logit adjustment)
         self.model_name = config.model.student_for_client(index)
         self.learner = learner_for(config, self.model_name, self.data.num_classes)
         state = context.state.get(STATE_KEY)
@@ -68,10 +71,16 @@ class EdgeClient:
     # -- one round --------------------------------------------------------------------
     def run_round(
         self, *, round_index: int, targets: bytes | None, query_ids: np.ndarray, evaluate: bool,
-        start_from: dict[str, torch.Tensor] | None = None,
+        start_from: dict[str, torch.Tensor] | None = None, class_counts: np.ndarray | None = None,
     ) -> RoundOutput:
-        """One round. ``start_from``: the global student's trainable state to start from (same base model)."""
+        """One round.
+
+        ``start_from``: the global student's trainable state to start from (same base model).
+        ``class_counts``: the federation's label counts (C,); with ``train.logit_adjust`` the
+        revisit fits this client's labels through ``logits + log pi_k - log pi`` (:mod:`common.priors`).
+        """
         cfg, t0 = self.config, time.perf_counter()
+        self.shift = self._prior_shift(class_counts)
         if start_from is not None:
             load_trainable_state(self.learner.model, start_from)
         tok, model, max_len = self.learner.tokenizer, self.learner.model, cfg.data.max_length
@@ -95,7 +104,7 @@ class EdgeClient:
         if round_index > 1 and cfg.train.alpha > 0:
             keep = softmax_np(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
         res = fit(
-            model, enc, labels=self.data.labels(self.split.train), targets=keep, alpha=cfg.train.alpha,
+            model, enc, labels=self.data.labels(self.split.train), targets=keep, alpha=cfg.train.alpha, logit_shift=self.shift,
             temperature=cfg.train.temperature, epochs=cfg.train.local_epochs, seed=seed + 1, **common,
         )
         metrics["train_loss"] = res.mean_loss
@@ -109,16 +118,23 @@ class EdgeClient:
         metrics["seconds"] = time.perf_counter() - t0
         return RoundOutput(blob, metrics)
 
+    def _prior_shift(self, class_counts: np.ndarray | None) -> np.ndarray | None:
+        if not self.config.train.logit_adjust or class_counts is None:
+            return None
+        if class_counts.shape != (self.data.num_classes,):
+            raise ValueError(f"{keys.CLASS_COUNTS} has {class_counts.shape} entries, this client has {self.data.num_classes} classes")
+        return prior_shift(self.data.support(self.index), class_counts)
+
     def evaluate(self) -> dict[str, float]:
-        """Accuracy on the global test set and on the client's own held-out split."""
+        """Accuracy on the global test set (the model as is: the federation's posterior) and on the
+        client's own held-out split (personalised: plus its prior shift, when it trains with one)."""
         tok, model, max_len = self.learner.tokenizer, self.learner.model, self.config.data.max_length
         test = self.data.test
         out = {"acc_global": accuracy(predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len)), self.data.labels(test))}
         if len(self.split.holdout):
             hold = self.split.holdout
-            out["acc_own"] = accuracy(
-                predict_logits(model, encode(tok, self.data.texts(hold), max_length=max_len)), self.data.labels(hold)
-            )
+            logits = predict_logits(model, encode(tok, self.data.texts(hold), max_length=max_len))  # (n_hold, C)
+            out["acc_own"] = accuracy(logits if self.shift is None else logits + self.shift, self.data.labels(hold))
         return out
 
     def save(self, folder: Path) -> Path:

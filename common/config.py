@@ -98,6 +98,12 @@ class TrainConfig:
         "revisit loss = alpha * KL(round-start model's predictions) + (1 - alpha) * CE(labels) from round 2 on: "
         "keeps what the client downloaded while it fits its own data (0 = plain cross-entropy)",
     )
+    logit_adjust: bool = _opt(
+        True,
+        "revisit private data with logit-adjusted cross-entropy: the client's label prior relative to the "
+        "federation's is added to its logits, so a skewed client learns what separates its classes, not its prior "
+        "(its model keeps estimating the federation's posterior; personalised predictions add the shift back)",
+    )
     teacher_lr: float = _opt(1e-3, "AdamW learning rate of the teacher")
     teacher_epochs: int = _opt(1, "teacher epochs over all consensus targets gathered so far")
     student_epochs: int = _opt(1, "global-student epochs over the teacher's targets per round")
@@ -127,7 +133,9 @@ class TrainConfig:
 class FederationConfig:
     rounds: int = _opt(3, "federation rounds")
     public_per_round: int = _opt(300, "public inputs the clients answer each round")
-    aggregation: str = _opt("mean", "aggregation rule: mean, entropy, class-support, median, trimmed-mean")
+    aggregation: str = _opt(
+        "class-contrast", "aggregation rule: class-contrast, mean, entropy, class-support, median, trimmed-mean"
+    )
     min_replies: int = _opt(2, "valid client replies needed to aggregate a round")
     wire_dtype: str = _opt("float16", "dtype of logits on the wire: float16, float32, int8")
     reply_timeout: float = _opt(900.0, "seconds to wait for the replies of one exchange")
@@ -138,6 +146,11 @@ class FederationConfig:
         "the client runs the same base model; uploads stay logits) or own (its own adapter only)",
     )
     faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
+    inference_clients: str = _opt(
+        "",
+        "edge clients that only answer logits from an ONNX export (no training, no torch), "
+        "e.g. '2:exports/student' (client index:export folder)",
+    )
 
     def validate(self) -> None:
         _positive(self, "rounds", "public_per_round", "min_replies", "reply_timeout")
@@ -145,6 +158,23 @@ class FederationConfig:
             raise ConfigError(f"federation.client_init must be global-student or own, got {self.client_init!r}")
         if self.wire_dtype not in ("float16", "float32", "int8"):
             raise ConfigError(f"federation.wire_dtype must be float16, float32 or int8, got {self.wire_dtype!r}")
+        self.inference_exports()  # parses the entries, raising on a malformed one
+
+    def inference_exports(self) -> dict[int, str]:
+        """``inference_clients`` as ``{client index: export folder}`` (client/inference.py).
+
+        Each entry is ``index:folder``; the folder is everything after the first colon.
+        Raises :class:`ConfigError` naming a malformed or repeated entry.
+        """
+        exports: dict[int, str] = {}
+        for entry in filter(None, (e.strip() for e in self.inference_clients.split(","))):
+            key, sep, folder = entry.partition(":")
+            if not sep or not key.strip().isdigit() or not folder.strip():
+                raise ConfigError(f"federation.inference_clients entry {entry!r} is not 'client-index:export-folder'")
+            if int(key) in exports:
+                raise ConfigError(f"federation.inference_clients entry {entry!r} repeats client {int(key)}")
+            exports[int(key)] = folder.strip()
+        return exports
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig}

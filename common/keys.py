@@ -24,6 +24,7 @@ CONSENSUS_BLOB = "consensus"  # wire-format log-probabilities of the consensus (
 TEACHER_INDEX = "teacher-index"  # which simulated partition is the teacher
 OUTPUT_DIR = "output-dir"
 STUDENT_MODEL = "student-model"  # base model the global student state belongs to
+CLASS_COUNTS = "class-counts"  # list[int]: the federation's label counts (sum over clients), for logit adjustment
 
 # Fields of the REPLY record.
 ROLE = "role"
@@ -40,9 +41,11 @@ STUDENT_STATE = "student-state"  # the global student's trainable state (teacher
 
 ROLE_CLIENT = "client"
 ROLE_TEACHER = "teacher"
+ROLE_INFERENCE = "inference"  # an edge client that only answers logits from an ONNX export (no torch)
 
 # Node config keys (deployment: flower-supernode --node-config "...").
 NODE_PARTITION = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_ROLE = "role"
 NODE_CLIENT_ID = "client-id"
+NODE_EXPORT_DIR = "export-dir"  # export folder of an inference-only node (role='inference')

@@ -82,13 +82,15 @@ def distillation_loss(
     *,
     temperature: float,
     alpha: float,
+    logit_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinton et al.'s combined loss: soft targets plus hard labels.
 
-    .. math:: L = \\alpha \\, L_{KD}(s, q; T) + (1 - \\alpha) \\, \\mathrm{CE}(s, y)
+    .. math:: L = \\alpha \\, L_{KD}(s, q; T) + (1 - \\alpha) \\, \\mathrm{CE}(s + \\delta, y)
 
     where ``L_KD`` is :func:`kd_kl_loss` (``T^2``-scaled, batch mean) and ``CE`` is the
-    mean cross-entropy of the unsoftened student logits (``T = 1``). A term whose
+    mean cross-entropy of the unsoftened student logits (``T = 1``), shifted by ``delta``
+    when given (logit-adjusted cross-entropy, see :mod:`common.priors`). A term whose
     coefficient is 0 is not computed, so ``alpha = 0`` is exactly cross-entropy and
     ``alpha = 1`` exactly ``L_KD``.
 
@@ -103,6 +105,9 @@ def distillation_loss(
         ``T > 0``.
     alpha : float
         Weight of the distillation term, ``0 <= alpha <= 1``.
+    logit_shift : torch.Tensor, shape (C,), optional
+        ``delta`` added to the logits in the cross-entropy term only: the labels come from a
+        distribution whose prior differs from the one the logits should estimate.
 
     Returns
     -------
@@ -123,11 +128,16 @@ def distillation_loss(
     elif labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
 
+    if logit_shift is not None and logit_shift.shape != student_logits.shape[1:]:
+        raise ValueError(
+            f"logit_shift must have shape ({student_logits.shape[1]},), got {tuple(logit_shift.shape)}"
+        )
     loss = None
     if alpha > 0.0:
         loss = alpha * kd_kl_loss(student_logits, target_probs, temperature=temperature)
     if alpha < 1.0:
-        ce = (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+        shifted = student_logits if logit_shift is None else student_logits + logit_shift.to(student_logits.dtype)
+        ce = (1.0 - alpha) * F.cross_entropy(shifted, labels)  # (B, C) + (C,)
         loss = ce if loss is None else loss + ce
     return loss
 

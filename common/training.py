@@ -88,6 +88,7 @@ def fit(
     micro_batch_size: int,
     temperature: float = 1.0,
     alpha: float = 1.0,
+    logit_shift: np.ndarray | None = None,
     seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -101,6 +102,8 @@ def fit(
     targets : (N, C) float, optional
         Soft target probabilities: KL at ``temperature`` (x T^2). With both, the loss is
         ``alpha * KL + (1 - alpha) * CE`` (:func:`common.losses.distillation_loss`).
+    logit_shift : (C,) float, optional
+        Added to the logits in the cross-entropy only (logit-adjusted CE, :mod:`common.priors`).
     micro_batch_size : int
         Examples per forward pass; gradients of ``batch_size / micro_batch_size`` passes
         accumulate before each optimizer step, each scaled by its share of the batch.
@@ -117,6 +120,7 @@ def fit(
         alpha = 0.0
     elif labels is None:
         alpha = 1.0
+    shift = None if logit_shift is None else torch.as_tensor(np.asarray(logit_shift), dtype=torch.float32)  # (C,)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.AdamW(params, lr=lr)
     rng = np.random.default_rng(seed)
@@ -135,10 +139,10 @@ def fit(
                 logits = model(input_ids=ids, attention_mask=mask).logits  # (b, C)
                 y = torch.as_tensor(labels[micro]) if labels is not None else None
                 if targets is None:
-                    loss = F.cross_entropy(logits, y)
+                    loss = F.cross_entropy(logits if shift is None else logits + shift, y)
                 else:
                     t = torch.as_tensor(targets[micro], dtype=torch.float32)
-                    loss = distillation_loss(logits, t, y, temperature=temperature, alpha=alpha)
+                    loss = distillation_loss(logits, t, y, temperature=temperature, alpha=alpha, logit_shift=shift)
                 (loss * (len(micro) / len(batch))).backward()
                 batch_loss += loss.item() * len(micro) / len(batch)
             opt.step()

@@ -197,11 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="also classify each non-empty line of this file ('-' reads stdin)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.set_defaults(func=_predict)
+
+    from server.unlearning.cli import add_unlearn_parser  # grpc and cryptography load in the command
+
+    add_unlearn_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from server.unlearning.cli import rewrite_argv  # `nebula unlearn CLIENT` is `nebula unlearn submit CLIENT`
+
+    args = build_parser().parse_args(rewrite_argv(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries(args.verbose)
     return args.func(args)
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries(verbose: bool) -> None:
     if not verbose:
-        for noisy in ("flwr", "ray", "transformers", "httpx", "matplotlib"):
+        for noisy in ("flwr", "ray", "transformers", "httpx", "matplotlib", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

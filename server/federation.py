@@ -87,6 +87,7 @@ class Federation:
         self.clients: dict[int, NodeInfo] = {}
         self.teacher: NodeInfo | None = None
         self.num_classes = 0
+        self.class_counts: list[int] = []  # the federation's label counts: sum of the clients' own
         self.student_state: ArrayRecord | None = None  # the global student, sent to same-model clients
 
     # -- messages ----------------------------------------------------------------------
@@ -100,7 +101,10 @@ class Federation:
 
     def _student_for(self, info: NodeInfo) -> ArrayRecord | None:
         """The global student for clients that run its base model, if clients start from it."""
-        if self.config.federation.client_init != "global-student" or info.model != self.config.model.student:
+        if (
+            self.config.federation.client_init != "global-student" or info.model != self.config.model.student
+            or info.role == keys.ROLE_INFERENCE  # it cannot load weights: answers from its export
+        ):
             return None
         return self.student_state
 
@@ -143,6 +147,7 @@ class Federation:
                 f"{len(self.clients)} edge clients answered, federation.min_replies is {self.config.federation.min_replies}"
             )
         self.num_classes = counts.pop()
+        self.class_counts = np.sum([c.label_counts for c in self.clients.values()], axis=0).astype(int).tolist()
         self.ledger.start_run(self.run_id, self.config.to_flat())
         log.info("federation: %d clients, teacher node %s", len(self.clients), self.teacher.node_id)
 
@@ -167,7 +172,7 @@ class Federation:
     def run_round(self, r: int, targets: bytes | None) -> tuple[RoundReport, bytes | None]:
         t0, cfg = time.perf_counter(), self.config
         ids = self.public_ids(r)
-        fields = {keys.ROUND_INDEX: r, keys.QUERY_IDS: ids.tolist()}
+        fields = {keys.ROUND_INDEX: r, keys.QUERY_IDS: ids.tolist(), keys.CLASS_COUNTS: self.class_counts}
         if targets is not None:
             fields[keys.TARGET_BLOB] = targets
         sent = {n: self._message(n, keys.MSG_ROUND, fields, student=self._student_for(info)) for n, info in self.clients.items()}
@@ -198,13 +203,15 @@ class Federation:
         report.bytes_up_per_client = float(np.mean([len(c.payload) for c in accepted])) if accepted else 0.0
         report.bytes_down_per_client = float(np.mean([_payload_bytes(m) for m in sent.values()]))
         consensus = None
-        if len(accepted) >= cfg.federation.min_replies:
+        if len(accepted) < cfg.federation.min_replies:
+            log.warning("round %d: %d valid replies < min_replies %d; not aggregated", r, len(accepted), cfg.federation.min_replies)
+        elif not sum(c.weight for c in accepted) > 0:
+            log.warning("round %d: every valid reply has weight 0 (inference-only nodes hold no data); not aggregated", r)
+        else:
             probs = np.stack([softmax_np(z, temperature=cfg.train.temperature) for z in decoded_logits])  # (K, N, C)
             weights = np.array([c.weight for c in accepted])
             support = np.array([self.clients[c.node_id].label_counts for c in accepted], dtype=float)
             consensus = self.rule.aggregate(probs, weights=weights, support=support)  # (N, C)
-        else:
-            log.warning("round %d: %d valid replies < min_replies %d; not aggregated", r, len(accepted), cfg.federation.min_replies)
         self.ledger.record_round(
             run_id=self.run_id, round_index=r, accepted=accepted, rejected=[(cid, rejected_nodes[cid], why) for cid, why in rejected.items()],
             rule=self.rule.name, consensus_ids=ids if consensus is not None else None, consensus=consensus,

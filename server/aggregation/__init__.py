@@ -7,12 +7,13 @@ imports them all. Use ``get_rule(name, **params)``; ``available_rules()`` lists 
 ``mean``           weighted mean (default of FedMD / FedDF)
 ``entropy``        confidence-weighted, optional sharpening (DS-FL)
 ``class-support``  per-class weights from label counts
+``class-contrast`` offset-aware least squares over the classes each client holds (default)
 ``median``         coordinate-wise median (Byzantine-robust)
 ``trimmed-mean``   coordinate-wise trimmed mean (Byzantine-robust)
 =================  ==========================================================
 """
 
-from server.aggregation import class_support, entropy, mean, median, trimmed_mean  # noqa: F401  (registration)
+from server.aggregation import class_contrast, class_support, entropy, mean, median, trimmed_mean  # noqa: F401  (registration)
 from server.aggregation.base import AggregationError, AggregationRule, check_inputs
 from server.aggregation.registry import available_rules, get_rule, register
 

@@ -26,6 +26,9 @@ def test_from_flat_coerces_strings_from_the_command_line():
         ({"train.micro_batch_size": 64}, "micro_batch_size (64) must be <="),
         ({"federation.wire_dtype": "bfloat16"}, "federation.wire_dtype"),
         ({"model.student_overrides": "x:minilm-l6"}, "not 'client-index:model'"),
+        ({"federation.inference_clients": "2"}, "entry '2' is not 'client-index:export-folder'"),
+        ({"federation.inference_clients": "two:exports/a"}, "entry 'two:exports/a' is not"),
+        ({"federation.inference_clients": "1:a,1:b"}, "entry '1:b' repeats client 1"),
         ({"federation.min_replies": 9, "data.num_clients": 3}, "exceeds data.num_clients"),
     ],
 )
@@ -37,6 +40,12 @@ def test_bad_values_name_the_field(flat, message):
 def test_student_overrides_per_client():
     config = NebulaConfig.from_flat({"model.student_overrides": "1:minilm-l6, 3:/models/x"})
     assert [config.model.student_for_client(i) for i in range(4)] == ["minilm-l3", "minilm-l6", "minilm-l3", "/models/x"]
+
+
+def test_inference_clients_parse_to_export_folders():
+    config = NebulaConfig.from_flat({"federation.inference_clients": "2:exports/student, 0:C:/exports/x"})
+    assert config.federation.inference_exports() == {2: "exports/student", 0: "C:/exports/x"}
+    assert NebulaConfig().federation.inference_exports() == {}
 
 
 def test_command_line_options_map_to_flat_keys():

@@ -116,6 +116,26 @@ def test_mixture_is_linear_in_alpha():
     torch.testing.assert_close(distillation_loss(s, q, y, temperature=2.0, alpha=0.3), expected)
 
 
+def test_logit_shift_moves_only_the_cross_entropy_term():
+    s, t, y = _logits(0), _logits(1), torch.arange(B) % C
+    q = soft_targets(t, temperature=2.0)
+    delta = torch.linspace(-2.0, 1.0, C, dtype=torch.float64)
+    expected = 0.3 * kd_kl_loss(s, q, temperature=2.0) + 0.7 * F.cross_entropy(s + delta, y)
+    torch.testing.assert_close(distillation_loss(s, q, y, temperature=2.0, alpha=0.3, logit_shift=delta), expected)
+    torch.testing.assert_close(
+        distillation_loss(s, q, y, temperature=2.0, alpha=1.0, logit_shift=delta), kd_kl_loss(s, q, temperature=2.0)
+    )
+
+
+def test_uniform_logit_shift_changes_nothing():
+    s, y = _logits(0), torch.arange(B) % C
+    q = soft_targets(_logits(1), temperature=1.0)
+    plain = distillation_loss(s, q, y, temperature=1.0, alpha=0.0)
+    torch.testing.assert_close(
+        distillation_loss(s, q, y, temperature=1.0, alpha=0.0, logit_shift=torch.full((C,), 3.0, dtype=torch.float64)), plain
+    )
+
+
 def test_backward_through_distillation_loss():
     s = _logits(0).float().requires_grad_()
     q = soft_targets(_logits(1).float(), temperature=2.0)
@@ -142,6 +162,7 @@ Y = torch.arange(B) % C
         (lambda: distillation_loss(S, Q, Y[:-1], temperature=1.0, alpha=0.5), r"labels must have shape \(8,\)"),
         (lambda: distillation_loss(S, Q, Y.double(), temperature=1.0, alpha=0.5), "integer class indices"),
         (lambda: distillation_loss(S, Q[:-1], Y, temperature=1.0, alpha=0.5), "does not match"),
+        (lambda: distillation_loss(S, Q, Y, temperature=1.0, alpha=0.5, logit_shift=torch.zeros(C + 1)), "logit_shift must have shape"),
     ],
 )
 def test_validation_errors(call, match):

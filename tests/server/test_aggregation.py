@@ -265,3 +265,54 @@ def test_median_of_disagreeing_one_hots_falls_back_to_mean():
 def test_trimmed_mean_zero_trim_is_unweighted_mean():
     probs, weights, _ = _inputs()
     np.testing.assert_allclose(get_rule("trimmed-mean", trim=0.0).aggregate(probs, weights=weights), probs.mean(axis=0))
+
+
+# -- class-contrast ------------------------------------------------------------------------
+
+
+def _log_softmax(f: np.ndarray) -> np.ndarray:
+    return f - np.log(np.exp(f).sum(axis=-1, keepdims=True))
+
+
+def test_class_contrast_recovers_the_posterior_from_partial_views():
+    """Each client sees the true log-posterior only on its classes, shifted by its own offset per input;
+    its other columns are garbage. The rule recovers softmax(f) exactly when the classes are linked."""
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(N, C))  # (N, C) true log-posterior up to a constant
+    held = [[0, 1], [1, 2], [2, 3], [0], [3]]
+    z = np.empty((len(held), N, C))
+    support = np.zeros((len(held), C))
+    for k, classes in enumerate(held):
+        garbage = rng.normal(scale=5.0, size=(N, C))
+        garbage[:, classes] = f[:, classes] + rng.normal(size=(N, 1))  # own offset per input
+        z[k] = _log_softmax(garbage)
+        support[k, classes] = rng.integers(5, 50, size=len(classes))
+    out = get_rule("class-contrast").aggregate(np.exp(z), weights=np.ones(len(held)), support=support)
+    np.testing.assert_allclose(out, np.exp(_log_softmax(f)), atol=1e-6)
+
+
+def test_class_contrast_ignores_clients_holding_one_class():
+    probs, weights, support = _inputs(4)
+    support[support == 0] = 1.0  # the base clients hold every class
+    base = get_rule("class-contrast").aggregate(probs, weights=weights, support=support)
+    loud = np.tile([0.97, 0.01, 0.01, 0.01], (1, N, 1))  # a big one-class client, sure of its class everywhere
+    out = get_rule("class-contrast").aggregate(
+        np.concatenate([probs, loud]), weights=np.append(weights, 1e6), support=np.vstack([support, [5000, 0, 0, 0]])
+    )
+    np.testing.assert_allclose(out, base, atol=1e-9)
+    mean = get_rule("mean").aggregate(np.concatenate([probs, loud]), weights=np.append(weights, 1e6))
+    assert (mean.argmax(axis=1) == 0).all()  # the mean is taken over by it
+
+
+def test_class_contrast_without_support_is_the_weighted_geometric_mean():
+    probs, weights, _ = _inputs(5)
+    geo = np.exp(np.tensordot(weights / weights.sum(), np.log(probs), axes=1))
+    np.testing.assert_allclose(
+        get_rule("class-contrast").aggregate(probs, weights=weights), geo / geo.sum(axis=1, keepdims=True), atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("sweeps", [0, -1, 2.5])
+def test_class_contrast_refuses_bad_sweeps(sweeps):
+    with pytest.raises(AggregationError, match="sweeps must be a positive integer"):
+        get_rule("class-contrast", sweeps=sweeps)

@@ -40,17 +40,19 @@ def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
 
 
 def describe(msg: Message, index: int, role: str = keys.ROLE_CLIENT, model: str = "m") -> Message:
+    holds_data = role == keys.ROLE_CLIENT
     return reply(msg, {
         keys.ROLE: role, keys.CLIENT_ID: "teacher" if role == keys.ROLE_TEACHER else f"client-{index}",
-        keys.CLIENT_INDEX: index, keys.MODEL: model, keys.NUM_EXAMPLES: 10 + index, keys.LABEL_COUNTS: [3, 3, 4 + index],
+        keys.CLIENT_INDEX: index, keys.MODEL: model, keys.NUM_EXAMPLES: 10 + index if holds_data else 0,
+        keys.LABEL_COUNTS: [3, 3, 4 + index] if holds_data else [0, 0, 0],
     })
 
 
-def honest(index: int, *, bias: int = 0, model: str = "m") -> Callable[[Message], Message]:
+def honest(index: int, *, bias: int = 0, model: str = "m", role: str = keys.ROLE_CLIENT) -> Callable[[Message], Message]:
     def node(msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == keys.MSG_DESCRIBE:
-            return describe(msg, index, model=model)
+            return describe(msg, index, role=role, model=model)
         if kind == keys.MSG_ROUND:
             ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
             logits = np.zeros((len(ids), C), np.float32)
@@ -197,3 +199,31 @@ def test_a_non_finite_or_reshaped_global_student_is_refused(tmp_path):
                      **{"federation.rounds": 3})
     fed.run()
     np.testing.assert_array_equal(fed.student_state["w"].numpy(), np.ones(4))
+
+
+def test_every_client_is_told_the_federations_label_counts(tmp_path):
+    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), TEACHER: teacher()})
+    fed.run()
+    rounds = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND]
+    assert {tuple(m.content.config_records[keys.ROUND][keys.CLASS_COUNTS]) for m in rounds} == {(6, 6, 9)}
+
+
+def test_inference_nodes_get_no_student_and_alone_do_not_make_a_consensus(tmp_path):
+    state = lambda r: {"w": np.ones(4, np.float32)}
+    nodes = {
+        1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l3", role=keys.ROLE_INFERENCE),
+        3: honest(2, model="minilm-l3", role=keys.ROLE_INFERENCE), TEACHER: teacher(student=state),
+    }
+    fed, grid = make(tmp_path, nodes, **{"federation.min_replies": 2})
+    history = fed.run()
+    round2 = {m.metadata.dst_node_id: m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND}
+    assert keys.STUDENT_STATE in round2[1].content.array_records
+    assert keys.STUDENT_STATE not in round2[2].content.array_records
+    assert all(h["accepted"] == 3 for h in history)
+
+    silent = lambda msg, good: None
+    nodes[1] = with_round_reply(honest(0, model="minilm-l3"), silent)  # only the weightless nodes answer
+    fed, grid = make(tmp_path / "weightless", nodes, **{"federation.min_replies": 2})
+    history = fed.run()  # no exception: the round is skipped
+    assert [h["accepted"] for h in history] == [2, 2]
+    assert not any(m.metadata.message_type == keys.MSG_TEACH for m in grid.sent)
