@@ -29,3 +29,43 @@ class LedgerError(NebulaServerError):
 
 class DiscoveryError(NebulaServerError):
     """The nodes of the federation do not match what the configuration expects."""
+
+
+class UnlearningError(NebulaServerError):
+    """An unlearning request or certificate cannot be accepted or carried out (server/unlearning/)."""
+
+
+class InvalidUnlearnRequest(UnlearningError):
+    """A request is malformed: empty client id, unknown mode, missing reason, a field too long."""
+
+
+class UnknownClient(UnlearningError):
+    """The client to forget never took part in any run of this ledger."""
+
+
+class UnknownRequest(UnlearningError):
+    """No unlearning request has this id."""
+
+
+class IdempotencyConflict(UnlearningError):
+    """An idempotency key already names a request with different content."""
+
+
+class OperatorAuthError(UnlearningError):
+    """A call is not signed by a trusted operator: bad signature, untrusted key, stale timestamp."""
+
+
+class MissingSignature(OperatorAuthError):
+    """A call carries no operator signature at all."""
+
+
+class ReplayedRequest(OperatorAuthError):
+    """A call reuses a nonce the server has already accepted."""
+
+
+class CertificateError(UnlearningError):
+    """An unlearning certificate is malformed, tampered with, or not signed by the given key."""
+
+
+class MalformedCertificate(CertificateError):
+    """A certificate file or key cannot be read or parsed: not JSON, missing fields, a malformed signature."""

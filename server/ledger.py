@@ -4,13 +4,23 @@ SQLite (embedded, durable, one file). Every accepted contribution is stored with
 wire payload, so any round's consensus can be recomputed later without the clients
 (the unlearning module relies on this). Rejected replies are recorded with their reason.
 A round's rows are written in one transaction: a crash leaves a round fully in or out.
+
+Tables the unlearning module adds (server/unlearning/README.md), each written in one
+transaction with the change it records: ``clients`` (each run's per-client label counts,
+for re-aggregating with rules that use them), ``tombstones`` (one per removed contribution:
+request id, run, round, client, sha256 of the removed payload), ``consensus_revisions``
+(a round's consensus hash before and after a re-aggregation) and ``forgotten_clients``
+(clients the federation must no longer select).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +50,27 @@ CREATE TABLE IF NOT EXISTS rejections (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, node_id TEXT NOT NULL,
     reason TEXT NOT NULL, created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS clients (
+    run_id TEXT NOT NULL, client_id TEXT NOT NULL, label_counts TEXT NOT NULL, recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, client_id)
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL,
+    node_id TEXT NOT NULL, payload_sha256 TEXT NOT NULL, payload_bytes INTEGER NOT NULL, weight REAL NOT NULL,
+    contributed_at REAL NOT NULL, removed_at REAL NOT NULL,
+    UNIQUE (run_id, round, client_id)
+);
+CREATE TABLE IF NOT EXISTS consensus_revisions (
+    request_id TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL,
+    before_sha256 TEXT NOT NULL, after_sha256 TEXT,
+    contributors_before TEXT NOT NULL, contributors_after TEXT NOT NULL, support TEXT NOT NULL,
+    revised_at REAL NOT NULL,
+    PRIMARY KEY (request_id, run_id, round)
+);
+CREATE TABLE IF NOT EXISTS forgotten_clients (
+    client_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, forgotten_at REAL NOT NULL
+);
 """
 
 
@@ -52,17 +83,67 @@ class Contribution:
     weight: float
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """What remains of a contribution removed by an unlearning request."""
+
+    request_id: str
+    run_id: str
+    round: int
+    client_id: str
+    payload_sha256: str  # of the removed wire payload, exactly as it was stored
+    payload_bytes: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class ConsensusRevision:
+    """A round's consensus re-aggregated by an unlearning request."""
+
+    request_id: str
+    run_id: str
+    round: int
+    before_sha256: str
+    after_sha256: str | None  # None: too few contributions remain, the round has no consensus any more
+    contributors_before: list[str]
+    contributors_after: list[str]
+    support: str  # what the rule got as label counts: "label-counts" or "none"
+
+
+def connect_sqlite(path: Path, *, schema: str, what: str, error: type[Exception]) -> sqlite3.Connection:
+    """Open (or create) a durable SQLite database: autocommit, WAL, fsync on commit, ``schema`` applied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except sqlite3.DatabaseError as exc:
+        raise error(f"{what} {path} is not a usable SQLite database: {exc}") from exc
+    return db
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection, *, what: str, error: type[Exception]) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception, SQLite errors re-raised as ``error``."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise error(f"could not {what}: {exc}") from exc
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise error(f"could not {what}: {exc}") from exc
+        raise
+
+
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ledger {self.path} is not a usable SQLite database: {exc}") from exc
+        self._db = connect_sqlite(self.path, schema=SCHEMA, what="ledger", error=LedgerError)
 
     def close(self) -> None:
         self._db.close()
@@ -135,3 +216,110 @@ class Ledger:
         return self._db.execute(
             "SELECT round, client_id, reason FROM rejections WHERE run_id = ? ORDER BY id", (run_id,)
         ).fetchall()
+
+    # -- unlearning (server/unlearning/) ---------------------------------------------------
+    def record_clients(self, run_id: str, label_counts: Mapping[str, Sequence[int]]) -> None:
+        """Store each client's per-class label counts for ``run_id`` (used to re-aggregate)."""
+        now = time.time()
+        with write_transaction(self._db, what=f"record the clients of run {run_id}", error=LedgerError) as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?)",
+                [(run_id, cid, json.dumps([int(x) for x in counts]), now) for cid, counts in label_counts.items()],
+            )
+
+    def label_counts(self, run_id: str) -> dict[str, list[int]]:
+        rows = self._db.execute("SELECT client_id, label_counts FROM clients WHERE run_id = ?", (run_id,)).fetchall()
+        return {cid: json.loads(counts) for cid, counts in rows}
+
+    def run_config(self, run_id: str) -> dict:
+        """The flat configuration ``run_id`` was started with."""
+        row = self._db.execute("SELECT config_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"run {run_id} is not in the ledger {self.path}")
+        return json.loads(row[0])
+
+    def knows_client(self, client_id: str) -> bool:
+        """Whether ``client_id`` ever took part: contributed, was rejected, registered or was forgotten."""
+        row = self._db.execute(
+            "SELECT 1 FROM contributions WHERE client_id = ?1 UNION ALL SELECT 1 FROM rejections WHERE client_id = ?1"
+            " UNION ALL SELECT 1 FROM clients WHERE client_id = ?1 UNION ALL SELECT 1 FROM tombstones WHERE client_id = ?1"
+            " LIMIT 1",
+            (client_id,),
+        ).fetchone()
+        return row is not None
+
+    def consensus_rounds(self, *, contributor: str) -> list[tuple[str, int, str, list[str]]]:
+        """``(run_id, round, rule, contributors)`` of every stored consensus ``contributor`` took part in."""
+        rows = self._db.execute("SELECT run_id, round, rule, contributors FROM consensus ORDER BY run_id, round").fetchall()
+        parsed = [(run, rnd, rule, json.loads(who)) for run, rnd, rule, who in rows]
+        return [row for row in parsed if contributor in row[3]]
+
+    def purge_client(self, client_id: str, *, request_id: str) -> int:
+        """Delete every contribution and the label counts of ``client_id`` and mark it forgotten, in one
+        transaction; each removed contribution leaves a tombstone with ``request_id``. Returns the number
+        removed now (0 when nothing was left, e.g. on a resumed request)."""
+        now = time.time()
+        with write_transaction(self._db, what=f"purge client {client_id} (request {request_id})", error=LedgerError) as db:
+            rows = db.execute(
+                "SELECT run_id, round, node_id, payload, weight, created_at FROM contributions WHERE client_id = ?", (client_id,)
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO tombstones (request_id, run_id, round, client_id, node_id, payload_sha256, payload_bytes, weight,"
+                " contributed_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(request_id, run, rnd, client_id, nid, hashlib.sha256(p).hexdigest(), len(p), w, at, now) for run, rnd, nid, p, w, at in rows],
+            )
+            db.execute("DELETE FROM contributions WHERE client_id = ?", (client_id,))
+            db.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
+            db.execute("INSERT OR IGNORE INTO forgotten_clients VALUES (?, ?, ?)", (client_id, request_id, now))
+        return len(rows)
+
+    def tombstones(self, request_id: str) -> list[Tombstone]:
+        rows = self._db.execute(
+            "SELECT request_id, run_id, round, client_id, payload_sha256, payload_bytes, weight FROM tombstones"
+            " WHERE request_id = ? ORDER BY run_id, round",
+            (request_id,),
+        ).fetchall()
+        return [Tombstone(*row) for row in rows]
+
+    def revise_consensus(
+        self, revision: ConsensusRevision, *, consensus_ids: np.ndarray | None, consensus: np.ndarray | None
+    ) -> bool:
+        """Replace (or, when ``consensus`` is None, delete) a round's consensus and record ``revision``, in one
+        transaction. Returns False, changing nothing, when ``revision.request_id`` already revised that round."""
+        r = revision
+        where = (r.run_id, r.round)
+        with write_transaction(self._db, what=f"revise the consensus of run {r.run_id} round {r.round}", error=LedgerError) as db:
+            done = db.execute(
+                "SELECT 1 FROM consensus_revisions WHERE request_id = ? AND run_id = ? AND round = ?", (r.request_id, *where)
+            ).fetchone()
+            if done:
+                return False
+            db.execute(
+                "INSERT INTO consensus_revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.request_id, *where, r.before_sha256, r.after_sha256, json.dumps(r.contributors_before),
+                 json.dumps(r.contributors_after), r.support, time.time()),
+            )
+            if consensus is None or consensus_ids is None:
+                db.execute("DELETE FROM consensus WHERE run_id = ? AND round = ?", where)
+            else:
+                db.execute(
+                    "UPDATE consensus SET public_ids = ?, probs = ?, num_classes = ?, contributors = ? WHERE run_id = ? AND round = ?",
+                    (consensus_ids.astype("<i8").tobytes(), consensus.astype("<f4").tobytes(), consensus.shape[1],
+                     json.dumps(sorted(r.contributors_after)), *where),
+                )
+        return True
+
+    def consensus_revisions(self, request_id: str) -> list[ConsensusRevision]:
+        rows = self._db.execute(
+            "SELECT request_id, run_id, round, before_sha256, after_sha256, contributors_before, contributors_after, support"
+            " FROM consensus_revisions WHERE request_id = ? ORDER BY run_id, round",
+            (request_id,),
+        ).fetchall()
+        return [ConsensusRevision(*row[:5], json.loads(row[5]), json.loads(row[6]), row[7]) for row in rows]
+
+    def is_forgotten(self, client_id: str) -> bool:
+        """Whether an unlearning request removed ``client_id``: the federation must not select it again."""
+        return self._db.execute("SELECT 1 FROM forgotten_clients WHERE client_id = ?", (client_id,)).fetchone() is not None
+
+    def forgotten_clients(self) -> set[str]:
+        return {cid for (cid,) in self._db.execute("SELECT client_id FROM forgotten_clients")}

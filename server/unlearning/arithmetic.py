@@ -1,0 +1,93 @@
+"""The arithmetic of unlearning: recomputing a round's consensus and the hashes that prove it.
+
+Pure functions over bytes and numpy arrays: no ledger, no network. The hashes are over the
+exact bytes the ledger stores, so anyone holding a ledger (or a removed payload) can recompute
+them:
+
+* ``payload_sha256``: sha256 of a contribution's wire payload, as received and stored.
+* ``consensus_sha256``: sha256 of ``b"NBCS" || N (uint32) || C (uint32) || ids (<i8) || probs (<f4)``,
+  the ledger's storage of a round's consensus.
+* ``digest_of(hashes)``: sha256 of the sorted hex hashes joined by newlines, one figure for a set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from common.wire import decode_logits
+from server.aggregation import AggregationRule
+
+CONSENSUS_MAGIC = b"NBCS"
+SUPPORT_LABEL_COUNTS = "label-counts"
+SUPPORT_NONE = "none"
+
+
+def payload_sha256(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def consensus_sha256(ids: np.ndarray, probs: np.ndarray) -> str:
+    """Hash of a consensus as the ledger stores it: ids ``(N,)`` int64, probs ``(N, C)`` float32."""
+    p = np.asarray(probs)
+    head = CONSENSUS_MAGIC + struct.pack("<II", *p.shape)
+    return hashlib.sha256(head + np.asarray(ids).astype("<i8").tobytes() + p.astype("<f4").tobytes()).hexdigest()
+
+
+def digest_of(hashes: Iterable[str]) -> str:
+    """One sha256 for a set of hex hashes (order-independent)."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode("ascii")).hexdigest()
+
+
+def support_matrix(client_ids: Sequence[str], label_counts: Mapping[str, Sequence[int]]) -> tuple[np.ndarray | None, str]:
+    """Per-client label counts ``(K, C)`` for the rule, or ``(None, "none")`` unless every client has them.
+
+    A rule that uses support (``class-support``, ``class-contrast``) then takes its documented
+    ``support=None`` fallback: ledgers written before the ``clients`` table hold no label counts.
+    """
+    if not client_ids or any(cid not in label_counts for cid in client_ids):
+        return None, SUPPORT_NONE
+    return np.array([label_counts[cid] for cid in client_ids], dtype=float), SUPPORT_LABEL_COUNTS
+
+
+def recompute_consensus(
+    payloads: Sequence[bytes],
+    weights: Sequence[float],
+    *,
+    ids: np.ndarray,
+    num_classes: int,
+    rule: AggregationRule,
+    temperature: float,
+    min_replies: int,
+    support: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """A round's consensus from its remaining contributions, as ``server/federation.py`` computes it.
+
+    Parameters
+    ----------
+    payloads : sequence of K wire payloads (``common.wire``), each holding exactly ``ids``.
+    weights : (K,) the contributions' weights.
+    ids : (N,) the round's public-input ids; the result's rows follow this order.
+    num_classes : C.
+    rule : the round's aggregation rule.
+    temperature : T of ``softmax(z / T)``.
+    min_replies : below this many contributions the federation does not aggregate a round.
+    support : (K, C) label counts, or None.
+
+    Returns
+    -------
+    np.ndarray (N, C) float32, or None where the federation would not aggregate the round: fewer
+    than ``min_replies`` contributions, or all of weight 0 (inference-only nodes hold no data).
+    """
+    if len(payloads) < max(min_replies, 1) or not sum(weights) > 0:
+        return None
+    from common.training import softmax_np  # the federation's own softmax; imported here as it brings torch
+
+    probs = np.stack(
+        [softmax_np(decode_logits(p, expected_ids=ids, num_classes=num_classes).logits, temperature=temperature) for p in payloads]
+    )  # (K, N, C)
+    consensus = rule.aggregate(probs, weights=np.asarray(weights, dtype=float), support=support)  # (N, C)
+    return consensus.astype(np.float32)

@@ -1,0 +1,59 @@
+"""``nebula unlearn``: argument rewriting, help, and exit code 2 on bad input (no service needed)."""
+
+import pytest
+
+from nebula.cli import main
+from server.unlearning.cli import SUBCOMMANDS, rewrite_argv
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["unlearn", "client-3", "--mode", "purge"], ["unlearn", "submit", "client-3", "--mode", "purge"]),
+        (["-v", "unlearn", "client-3"], ["-v", "unlearn", "submit", "client-3"]),
+        (["unlearn", "status", "abc"], ["unlearn", "status", "abc"]),
+        (["unlearn", "submit", "status"], ["unlearn", "submit", "status"]),  # a client named like a subcommand
+        (["unlearn", "--help"], ["unlearn", "--help"]),
+        (["unlearn"], ["unlearn"]),
+        (["simulate", "--rounds", "2"], ["simulate", "--rounds", "2"]),
+    ],
+)
+def test_rewrite_argv(argv, expected):
+    assert rewrite_argv(argv) == expected
+
+
+@pytest.mark.parametrize("words", [[], *[[s] for s in SUBCOMMANDS], ["client-3"]])
+def test_every_command_has_help(words, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["unlearn", *words, "--help"])
+    assert done.value.code == 0
+    assert "usage: nebula unlearn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["unlearn"],  # no subcommand
+        ["unlearn", "client-3", "--mode", "purge"],  # no --reason, --server ...
+        ["unlearn", "list", "--server", "h:1", "--ca", "c", "--key", "k", "--status", "nope"],
+    ],
+)
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+
+
+def test_bad_files_exit_2(material, tmp_path, capsys):
+    ops = ["--server", "127.0.0.1:1", "--ca", str(material.ca_cert)]
+    assert main(["unlearn", "list", *ops, "--key", str(tmp_path / "none.key")]) == 2
+    assert "none.key" in capsys.readouterr().err
+    assert main(["unlearn", "list", "--server", "h:1", "--ca", str(tmp_path / "none.pem"), "--key", str(material.operator_key)]) == 2
+    assert "none.pem" in capsys.readouterr().err
+    assert main(["unlearn", "client-1", "--reason", "r", "--mode", "purge", "--out", "c.json", *ops,
+                 "--key", str(material.operator_key)]) == 2
+    assert "--out needs --wait" in capsys.readouterr().err
+    serve = ["unlearn", "serve", "--ledger", str(tmp_path / "none.sqlite"), "--operators", str(material.operators),
+             "--signing-key", str(material.signing_key), "--tls-cert", str(material.tls_cert), "--tls-key", str(material.tls_key)]
+    assert main(serve) == 2
+    assert "none.sqlite does not exist" in capsys.readouterr().err
