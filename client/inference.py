@@ -11,12 +11,12 @@ What it tells the server, and what follows:
 
 * describe: role ``inference``, the export's base model, ``num_examples = 0`` and all-zero
   label counts: it holds no private data. Rules that weight clients by their data therefore
-  give its logits weight 0 (``mean`` and ``entropy`` by example counts, ``class-support`` by
-  label counts): they leave the consensus as the training clients make it. The unweighted
-  ``median`` and ``trimmed-mean`` count it as one voter. Its replies are validated and
-  recorded in the ledger (weight 0) like any client's, and count towards ``min_replies``;
-  a round where only inference clients answer validly has all-zero weights, which the
-  weighted rules refuse, so keep ``min_replies`` above the number of inference clients.
+  leave the consensus as the training clients make it (``class-contrast`` and
+  ``class-support`` by label counts, ``mean`` and ``entropy`` by example counts). The
+  unweighted ``median`` and ``trimmed-mean`` count it as one voter. Its replies are validated
+  and recorded in the ledger (weight 0) like any client's, and count towards ``min_replies``;
+  a round where only inference clients answer validly is not aggregated (the server skips
+  rounds whose valid replies all weigh 0), and it is sent no global student.
 * a round: the export's logits on the requested public ids, encoded as
   ``federation.wire_dtype``. Targets and the global student's state are ignored (it cannot
   train). Metrics: ``seconds`` and, in evaluation rounds, ``acc_global`` on the global
