@@ -8,6 +8,10 @@ Each round the teacher
    predictions on the whole public pool (``train.student_inputs = "pool"``: the pool is
    public and unlabeled, so the teacher may label all of it) or on the inputs seen so far,
 5. evaluates teacher and student on the global test set and checkpoints both adapters.
+
+Steps 2-4 are :func:`client.teacher_step.teach_step`, which unlearning's exact replay runs
+offline from the ledger (server/unlearning/replay.py); this class adds the node's state
+(``context.state``), evaluation and checkpoints.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import torch
 from flwr.app import Array, ArrayRecord, Context
 
 from client.edge import learner_for
+from client.teacher_step import merge_consensus, round_seed, teach_step
 from common.config import NebulaConfig
 from common.federation_data import build_federation_data
 from common.models import Learner, load_trainable_state, save_adapter, trainable_state
-from common.training import accuracy, encode, fit, predict_logits, softmax_np
+from common.training import accuracy, encode, predict_logits, softmax_np
 from common.wire import decode_logits, encode_logits
 
 TEACHER_KEY, STUDENT_KEY, CONSENSUS_KEY = "teacher-adapter", "student-adapter", "consensus"
@@ -48,10 +53,8 @@ class TeacherNode:
     def _gathered(self, ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Merge this round's consensus into all earlier ones (a re-sent id is replaced)."""
         rec = self.context.state.get(CONSENSUS_KEY)
-        if rec is not None:
-            old_ids, old_probs = rec["ids"].numpy(), rec["probs"].numpy()
-            keep = ~np.isin(old_ids, ids)
-            ids, probs = np.concatenate([old_ids[keep], ids]), np.concatenate([old_probs[keep], probs])
+        old = (rec["ids"].numpy(), rec["probs"].numpy()) if rec is not None else (None, None)
+        ids, probs = merge_consensus(*old, ids, probs)
         self.context.state[CONSENSUS_KEY] = ArrayRecord({"ids": Array(ids), "probs": Array(probs)})
         return ids, probs
 
@@ -60,30 +63,17 @@ class TeacherNode:
     ) -> tuple[bytes, dict[str, float], dict[str, torch.Tensor]]:
         """Returns the refined targets (wire format), metrics, and the global student's trainable state."""
         cfg, t0 = self.config, time.perf_counter()
-        T, max_len = cfg.train.temperature, cfg.data.max_length
         decoded = decode_logits(consensus, num_classes=self.data.num_classes)
         if len(decoded.ids) and (decoded.ids.min() < 0 or decoded.ids.max() >= len(self.data.public)):
             raise ValueError(f"consensus ids outside the public pool 0..{len(self.data.public) - 1}")
         # The consensus travels as log-probabilities: softmax at T=1 recovers it exactly.
         round_probs = softmax_np(decoded.logits)
         ids, probs = self._gathered(decoded.ids, round_probs)
-        enc_all = encode(self.teacher.tokenizer, self.data.public_texts(ids), max_length=max_len)
-        seed = cfg.data.seed * 1000 + round_index
-        fit(
-            self.teacher.model, enc_all, targets=probs, epochs=cfg.train.teacher_epochs, temperature=T,
-            lr=cfg.train.teacher_lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed,
+        step = teach_step(
+            self.teacher, self.student, self.data, cfg, gathered_ids=ids, gathered_probs=probs, round_ids=decoded.ids,
+            seed=round_seed(cfg, round_index),
         )
-        student_ids = np.arange(len(self.data.public)) if cfg.train.student_inputs == "pool" else ids
-        texts = self.data.public_texts(student_ids)
-        teacher_logits = predict_logits(self.teacher.model, encode(self.teacher.tokenizer, texts, max_length=max_len))
-        pos = {int(i): k for k, i in enumerate(student_ids)}
-        refined = teacher_logits[[pos[int(i)] for i in decoded.ids]]  # (N_round, C)
-        # Global student: distill from the teacher's predictions.
-        enc_student = encode(self.student.tokenizer, texts, max_length=max_len)
-        fit(
-            self.student.model, enc_student, targets=softmax_np(teacher_logits, temperature=T), epochs=cfg.train.student_epochs,
-            temperature=T, lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, seed=seed + 1,
-        )
+        refined = step.refined
         metrics = self.evaluate()
         metrics["consensus_size"] = float(len(ids))
         self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))

@@ -50,6 +50,8 @@ class RoundReport:
     bytes_up_per_client: float = 0.0
     bytes_down_per_client: float = 0.0
     seconds: float = 0.0
+    clients_wait_seconds: float = 0.0  # wall time of the clients' exchange (send to last reply or timeout)
+    teacher_wait_seconds: float = 0.0  # wall time of the teacher's exchange
 
     def summary(self) -> dict:
         accs = [m["acc_global"] for m in self.client_metrics.values() if "acc_global" in m]
@@ -67,6 +69,10 @@ class RoundReport:
             "bytes_up_per_client": self.bytes_up_per_client,
             "bytes_down_per_client": self.bytes_down_per_client,
             "seconds": self.seconds,
+            # Transport overhead = wait minus the compute the nodes report (their "seconds").
+            "clients_wait_seconds": self.clients_wait_seconds,
+            "teacher_wait_seconds": self.teacher_wait_seconds,
+            "teacher_seconds": self.teacher_metrics.get("seconds"),
             "clients": self.client_metrics,
         }
 
@@ -109,8 +115,16 @@ class Federation:
         return self.student_state
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message]:
+        """Send, wait, and key the replies by the node each request went to.
+
+        The grid gives each message its id when it pushes it. A reply the SuperLink writes
+        itself (the node stopped sending heartbeats: "Node Unavailable") comes from the
+        SuperLink's node id, not the node's, so replies are matched to requests by id, and
+        by sender where a grid sets no ids.
+        """
         replies = self.grid.send_and_receive(messages, timeout=self.config.federation.reply_timeout)
-        return {r.metadata.src_node_id: r for r in replies}
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        return {sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 
     # -- discovery ---------------------------------------------------------------------
     def discover(self, *, wait_seconds: float = 120.0) -> None:
@@ -137,6 +151,8 @@ class Federation:
                 self.teacher = info
             else:
                 self.clients[node_id] = info
+        # Forgotten before the run: not a client of it, and its label counts reach no one.
+        self._drop_forgotten(0)
         if self.teacher is None:
             raise TeacherUnavailable("no node answered as teacher; start one with role='teacher'")
         counts = {len(c.label_counts) for c in self.clients.values()}
@@ -149,6 +165,8 @@ class Federation:
         self.num_classes = counts.pop()
         self.class_counts = np.sum([c.label_counts for c in self.clients.values()], axis=0).astype(int).tolist()
         self.ledger.start_run(self.run_id, self.config.to_flat())
+        # Label counts go in the ledger so that unlearning can re-aggregate a round with the same rule.
+        self.ledger.record_clients(self.run_id, {i.client_id: i.label_counts for i in self.clients.values()})
         log.info("federation: %d clients, teacher node %s", len(self.clients), self.teacher.node_id)
 
     # -- rounds ------------------------------------------------------------------------
@@ -175,8 +193,11 @@ class Federation:
         fields = {keys.ROUND_INDEX: r, keys.QUERY_IDS: ids.tolist(), keys.CLASS_COUNTS: self.class_counts}
         if targets is not None:
             fields[keys.TARGET_BLOB] = targets
+        self._drop_forgotten(r)
         sent = {n: self._message(n, keys.MSG_ROUND, fields, student=self._student_for(info)) for n, info in self.clients.items()}
+        t_send = time.perf_counter()
         replies = self._exchange(list(sent.values()))
+        clients_wait = time.perf_counter() - t_send
         accepted: list[Contribution] = []
         decoded_logits: list[np.ndarray] = []
         rejected: dict[str, str] = {}
@@ -199,7 +220,7 @@ class Federation:
             metrics[info.client_id] = reply_metrics(reply)
         for node_id in set(replies) - set(self.clients):
             log.warning("round %d: reply from unknown node %s ignored", r, node_id)
-        report = RoundReport(r, [c.client_id for c in accepted], rejected, metrics)
+        report = RoundReport(r, [c.client_id for c in accepted], rejected, metrics, clients_wait_seconds=clients_wait)
         report.bytes_up_per_client = float(np.mean([len(c.payload) for c in accepted])) if accepted else 0.0
         report.bytes_down_per_client = float(np.mean([_payload_bytes(m) for m in sent.values()]))
         consensus = None
@@ -222,11 +243,21 @@ class Federation:
         report.seconds = time.perf_counter() - t0
         return report, next_targets
 
+    def _drop_forgotten(self, r: int) -> None:
+        """Clients an unlearning request removed are never selected again (checked at discovery and every round)."""
+        forgotten = self.ledger.forgotten_clients()
+        for node_id, info in list(self.clients.items()):
+            if info.client_id in forgotten:
+                log.warning("%s: %s was forgotten by an unlearning request; not selected", f"round {r}" if r else "discovery", info.client_id)
+                del self.clients[node_id]
+
     def _teach(self, r: int, ids: np.ndarray, consensus: np.ndarray, report: RoundReport) -> bytes:
         """Hand the consensus to the teacher; its refined logits are next round's targets."""
         log_probs = np.log(np.clip(consensus, 1e-12, None)).astype(np.float32)
         msg = self._message(self.teacher.node_id, keys.MSG_TEACH, {keys.ROUND_INDEX: r, keys.CONSENSUS_BLOB: encode_logits(ids, log_probs, dtype="float32")})
+        t_send = time.perf_counter()
         reply = self._exchange([msg]).get(self.teacher.node_id)
+        report.teacher_wait_seconds = time.perf_counter() - t_send
         try:
             if reply is None:
                 raise ReplyRejected(client="teacher", round_index=r, reason="no reply before the timeout")

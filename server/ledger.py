@@ -238,6 +238,27 @@ class Ledger:
             raise LedgerError(f"run {run_id} is not in the ledger {self.path}")
         return json.loads(row[0])
 
+    def runs(self) -> list[str]:
+        """Run ids, oldest first (the last one is the run whose checkpoints a run folder holds)."""
+        return [run for (run,) in self._db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id")]
+
+    def consensus_round_indices(self, run_id: str) -> list[int]:
+        """Rounds of ``run_id`` that have a stored consensus (the rounds the teacher was taught)."""
+        rows = self._db.execute("SELECT round FROM consensus WHERE run_id = ? ORDER BY round", (run_id,))
+        return [r for (r,) in rows]
+
+    def revised_rounds(self, run_id: str) -> list[int]:
+        """Rounds of ``run_id`` whose consensus any unlearning request revised (or removed)."""
+        rows = self._db.execute("SELECT DISTINCT round FROM consensus_revisions WHERE run_id = ? ORDER BY round", (run_id,))
+        return [r for (r,) in rows]
+
+    def tombstoned_rounds(self, run_id: str, client_id: str) -> list[int]:
+        """Rounds of ``run_id`` in which a contribution of ``client_id`` was removed (by any request)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT round FROM tombstones WHERE run_id = ? AND client_id = ? ORDER BY round", (run_id, client_id)
+        )
+        return [r for (r,) in rows]
+
     def knows_client(self, client_id: str) -> bool:
         """Whether ``client_id`` ever took part: contributed, was rejected, registered or was forgotten."""
         row = self._db.execute(

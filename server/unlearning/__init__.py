@@ -2,17 +2,21 @@
 
 Modes (one module each, registered by name; ``get_mode(name)``, ``available_modes()``):
 
-===============  ===============================================================
-``purge``        delete the client's ledger contributions; tombstones remain
-``reaggregate``  purge, then recompute the consensus of every affected round
-===============  ===============================================================
+===================  ===========================================================================
+``purge``            delete the client's ledger contributions; tombstones remain
+``reaggregate``      purge, then recompute the consensus of every affected round
+``exact-replay``     reaggregate, then restore the teacher and global student to the checkpoint
+                     before the client's first round and replay every later round from the ledger
+``fast-correction``  reaggregate, then a bounded corrective distillation of the current teacher and
+                     global student toward the cleaned consensus
+===================  ===========================================================================
 
-``exact-replay`` and ``fast-correction`` (teacher and global student) are not built yet; see
-README.md beside this file for what each mode guarantees, and the operator workflow.
-Importing this package imports the mode modules (registration) and nothing that needs grpc.
+See README.md beside this file for what each mode guarantees, and the operator workflow.
+Importing this package imports the mode modules (registration) and nothing that needs grpc or
+torch (the model modes import torch when they run).
 """
 
-from server.unlearning import purge, reaggregate  # noqa: F401  (registration)
+from server.unlearning import fast_correction, purge, reaggregate, replay  # noqa: F401  (registration)
 from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
 from server.unlearning.registry import available_modes, get_mode, register
 

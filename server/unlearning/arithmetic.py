@@ -8,6 +8,10 @@ them:
 * ``consensus_sha256``: sha256 of ``b"NBCS" || N (uint32) || C (uint32) || ids (<i8) || probs (<f4)``,
   the ledger's storage of a round's consensus.
 * ``digest_of(hashes)``: sha256 of the sorted hex hashes joined by newlines, one figure for a set.
+* ``state_sha256(state)``: sha256 of a model's trainable state (LoRA matrices and head) ``{name: tensor}``:
+  ``b"NBST"``, then for each name in sorted order ``len(name) (uint32) || name (UTF-8) || ndim (uint32) ||
+  shape (uint32 each) || values (<f4, row-major)``. The same for a state in memory and one loaded from a
+  checkpoint's ``.pt``: bit-identical weights, identical hash.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +27,7 @@ from common.wire import decode_logits
 from server.aggregation import AggregationRule
 
 CONSENSUS_MAGIC = b"NBCS"
+STATE_MAGIC = b"NBST"
 SUPPORT_LABEL_COUNTS = "label-counts"
 SUPPORT_NONE = "none"
 
@@ -35,6 +41,17 @@ def consensus_sha256(ids: np.ndarray, probs: np.ndarray) -> str:
     p = np.asarray(probs)
     head = CONSENSUS_MAGIC + struct.pack("<II", *p.shape)
     return hashlib.sha256(head + np.asarray(ids).astype("<i8").tobytes() + p.astype("<f4").tobytes()).hexdigest()
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """Hash of a trainable state (tensors or arrays, on the CPU); see the module docstring."""
+    h = hashlib.sha256(STATE_MAGIC)
+    for name in sorted(state):
+        value = np.ascontiguousarray(np.asarray(state[name]), dtype="<f4")
+        raw = name.encode("utf-8")
+        h.update(struct.pack("<I", len(raw)) + raw + struct.pack(f"<I{value.ndim}I", value.ndim, *value.shape))
+        h.update(value.tobytes())
+    return h.hexdigest()
 
 
 def digest_of(hashes: Iterable[str]) -> str:

@@ -9,8 +9,10 @@ A certificate is one JSON object (``format`` ``nebula-unlearning-certificate/1``
     consensus            [{run_id, round, before_sha256, after_sha256, contributors_before, contributors_after, support}]
                          (empty for purge, which leaves the consensus as it was; after_sha256 null: round no
                          longer aggregated)
-    models               null: hashes of the teacher and global student before and after, for the modes
-                         that change them (exact replay, fast correction: not built yet)
+    models               null for the modes that leave the models (purge, reaggregate); for exact-replay and
+                         fast-correction: the run, the hashes of the teacher's and global student's trainable
+                         states before and after, where the new states were written, the rounds replayed
+                         or the correction's budget and steps (server/unlearning/models.py)
     verification         null until measured (issue 3, "Verification"); figures go in as decimal
                          strings ("0.512"): canonical JSON refuses floats
     server_key           key id of the signing key
@@ -72,7 +74,7 @@ def build_certificate(request: UnlearnRequest, outcome: UnlearnOutcome, *, creat
         "rounds_affected": [{"run_id": run, "round": rnd} for run, rnd in rounds],
         "ledger_rows_removed": {"count": len(rows), "payloads_sha256": digest_of(r["payload_sha256"] for r in rows), "rows": rows},
         "consensus": revisions,
-        "models": None,
+        "models": outcome.models,
         "verification": None,
     }
 

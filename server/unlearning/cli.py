@@ -4,6 +4,7 @@
     nebula unlearn status ID ...      nebula unlearn list ...
     nebula unlearn verify CERT.json --server-key SERVER-SIGNING.pub
     nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY --tls-cert PEM --tls-key KEY
+    nebula unlearn benchmark [--preset benchmark] [--client client-3] [--out runs/unlearn-benchmark]
 
 ``nebula unlearn CLIENT`` is ``nebula unlearn submit CLIENT`` (:func:`rewrite_argv`); a client
 whose id is one of the subcommand names is submitted with the explicit ``submit``.
@@ -21,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-SUBCOMMANDS = ("submit", "status", "list", "verify", "serve")
+SUBCOMMANDS = ("submit", "status", "list", "verify", "serve", "benchmark")
 REFUSED = ("INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED")
 
 
@@ -44,7 +45,7 @@ def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
     modes = "; ".join(f"{name}: {text}" for name, text in mode_summaries().items())
     text = "forget a client on an operator's request (gRPC over TLS, signed requests), and check certificates"
     group = sub.add_parser("unlearn", help=text, description=text + ". `nebula unlearn CLIENT ...` is `nebula unlearn submit CLIENT ...`.")
-    cmds = group.add_subparsers(dest="unlearn_command", required=True, metavar="{CLIENT,submit,status,list,verify,serve}")
+    cmds = group.add_subparsers(dest="unlearn_command", required=True, metavar="{CLIENT,submit,status,list,verify,serve,benchmark}")
 
     def operator_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the unlearning service")
@@ -101,6 +102,23 @@ def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--certificates-dir", default=None, help="copies of certificates (default: <ledger folder>/certificates)")
     p.add_argument("--window", type=float, default=300.0, help="seconds a signed call's timestamp may differ from this clock (default 300)")
     p.set_defaults(func=_serve)
+
+    from common.config import add_arguments
+    from common.presets import PRESETS
+
+    text = ("simulate a federation, forget one client with each mode, retrain without it, and print the verification "
+            "table (accuracy on the forgotten client's data, the others' data and the test set, membership-inference AUC, "
+            "seconds against retraining)")
+    p = cmds.add_parser("benchmark", help=text, description=text + ". Writes OUT/unlearning.md and OUT/unlearning.json.")
+    p.add_argument("--preset", default="benchmark", choices=sorted(PRESETS), help="the federation's configuration (default benchmark: 10 clients)")
+    p.add_argument("--client", default="", help="client id to forget (default: the client with the most private training examples)")
+    p.add_argument("--modes", default="", help=f"comma list of modes (default: all: {', '.join(available_modes())})")
+    p.add_argument("--out", default="runs/unlearn-benchmark", help="folder for the runs, copies and the table (default runs/unlearn-benchmark)")
+    p.add_argument("--correction-teacher-steps", type=int, default=32, help="fast-correction budget: teacher optimizer steps (default 32)")
+    p.add_argument("--correction-student-steps", type=int, default=16, help="fast-correction budget: student optimizer steps (default 16)")
+    p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
+    add_arguments(p)  # any configuration field over the preset, as `nebula simulate` takes them
+    p.set_defaults(func=_benchmark)
 
 
 # -- operator commands -------------------------------------------------------------------------
@@ -179,6 +197,14 @@ def _report(status, *, out: str | None) -> int:
     removed = cert["ledger_rows_removed"]["count"]
     rounds = ", ".join(f"{r['run_id']}/{r['round']}" for r in cert["rounds_affected"]) or "none"
     print(f"  {removed} ledger rows removed, {len(cert['consensus'])} round consensus recomputed, rounds affected: {rounds}")
+    models = cert.get("models")
+    if models is None:
+        print("  models: unchanged (this mode acts on the ledger only)")
+    elif not models.get("changed"):
+        print(f"  models: unchanged ({models.get('note', '')})")
+    else:
+        print(f"  models: teacher and global student changed, written to {models['output']} (run folder), "
+              f"teacher sha256 {models['teacher']['after_sha256'][:16]}..., student sha256 {models['student']['after_sha256'][:16]}...")
     if out:
         Path(out).write_text(status.certificate_json, encoding="utf-8")
         print(f"  certificate: {out}")
@@ -228,6 +254,43 @@ def _serve(args: argparse.Namespace) -> int:
         server.wait()
     except KeyboardInterrupt:
         server.stop()
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import logging
+
+    from common.config import ConfigError, overrides_from_args
+    from common.presets import preset_config
+    from server.unlearning import available_modes
+    from simulation.unlearning_benchmark import UnlearningBenchmark, run_benchmark
+
+    import flwr.simulation  # noqa: F401  (importing flwr resets its logger: import first, then quieten)
+
+    if not args.verbose:
+        for noisy in ("flwr", "ray", "transformers"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = [m for m in modes if m not in available_modes()]
+    if unknown:
+        return _fail(f"unknown mode(s) {unknown}; available: {', '.join(available_modes())}", 2)
+    try:
+        config = preset_config(args.preset, overrides_from_args(args))
+        bench = UnlearningBenchmark(config=config, out=Path(args.out), client=args.client, modes=modes, workers=args.workers,
+                                    correction_teacher_steps=args.correction_teacher_steps,
+                                    correction_student_steps=args.correction_student_steps)
+        if bench.client and bench.client not in {f"client-{i}" for i in range(config.data.num_clients)}:
+            raise ConfigError(f"--client {bench.client!r} is not one of client-0 .. client-{config.data.num_clients - 1}")
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    def progress(s: dict) -> None:
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        print(f"      round {s['round']}: {s['accepted']} replies | teacher {pct(s['teacher_acc'])} | global student "
+              f"{pct(s['student_acc'])} | {s['seconds']:.0f} s", flush=True)
+
+    result = run_benchmark(bench, on_round=progress, say=lambda line: print(line, flush=True))
+    print("\n" + result.table + "\n")
+    print(f"table: {bench.out / 'unlearning.md'}, figures: {bench.out / 'unlearning.json'}")
     return 0
 
 

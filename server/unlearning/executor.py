@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.ledger import Ledger
-from server.unlearning.base import UnlearnContext
+from server.unlearning.base import UnlearnContext, UnlearnMode
 from server.unlearning.certificate import build_certificate, sign_certificate
 from server.unlearning.registry import get_mode
 from server.unlearning.requests import RequestStore, UnlearnRequest
@@ -48,13 +48,19 @@ class Executor:
     checkpoint : called with a step name after each committed step (fault injection in tests).
     certificates_dir : where a copy of each certificate is written as ``<request_id>.json``; the
         request store keeps the original either way.
+    modes : mode instances to use by name instead of the registry's defaults (e.g. a fast correction
+        with another budget); other names come from :func:`get_mode`.
+    run_dir : the run folder whose checkpoints the model modes read and write (default: the ledger's folder).
     """
 
     def __init__(
         self, *, ledger: Ledger, store: RequestStore, signing_key: Ed25519PrivateKey,
         checkpoint: Callable[[str], None] | None = None, certificates_dir: str | Path | None = None,
+        modes: Mapping[str, UnlearnMode] | None = None, run_dir: str | Path | None = None,
     ) -> None:
         self.ledger, self.store, self.signing_key = ledger, store, signing_key
+        self.modes = dict(modes or {})
+        self.run_dir = Path(run_dir) if run_dir else None
         self.checkpoint = checkpoint or (lambda step: None)
         self.certificates_dir = Path(certificates_dir) if certificates_dir else None
         self._lock = threading.Lock()
@@ -68,8 +74,9 @@ class Executor:
         request = self.store.mark_running(request.request_id)
         log.info("unlearning %s: %s client %s (attempt %d)", request.request_id, request.mode, request.client_id, request.attempts)
         try:
-            context = UnlearnContext(self.ledger, request.request_id, request.client_id, self.checkpoint)
-            outcome = get_mode(request.mode).apply(context)
+            context = UnlearnContext(self.ledger, request.request_id, request.client_id, self.checkpoint, self.run_dir)
+            mode = self.modes.get(request.mode) or get_mode(request.mode)
+            outcome = mode.apply(context)
             certificate = sign_certificate(build_certificate(request, outcome, created_at=time.time()), self.signing_key)
         except Exception as exc:  # noqa: BLE001 - any failure ends the request as failed, with its reason
             log.exception("unlearning %s failed", request.request_id)
@@ -81,8 +88,9 @@ class Executor:
             tmp = self.certificates_dir / f".{request.request_id}.json.tmp"
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(self.certificates_dir / f"{request.request_id}.json")
-        log.info("unlearning %s done: %d ledger rows removed, %d rounds re-aggregated", request.request_id,
-                 len(outcome.tombstones), len(outcome.revisions))
+        log.info("unlearning %s done: %d ledger rows removed, %d rounds re-aggregated%s", request.request_id,
+                 len(outcome.tombstones), len(outcome.revisions), "" if outcome.models is None else
+                 f", models in {outcome.models.get('output')}")
         return done
 
 

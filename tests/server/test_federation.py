@@ -227,3 +227,20 @@ def test_inference_nodes_get_no_student_and_alone_do_not_make_a_consensus(tmp_pa
     history = fed.run()  # no exception: the round is skipped
     assert [h["accepted"] for h in history] == [2, 2]
     assert not any(m.metadata.message_type == keys.MSG_TEACH for m in grid.sent)
+
+
+def test_label_counts_are_recorded_and_forgotten_clients_are_not_selected(tmp_path):
+    nodes = {1: honest(0), 2: honest(1), 3: honest(2), TEACHER: teacher()}
+    fed, grid = make(tmp_path, nodes, **{"federation.rounds": 1})
+    fed.run()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    assert ledger.label_counts(fed.run_id) == {"client-0": [3, 3, 4], "client-1": [3, 3, 5], "client-2": [3, 3, 6]}
+    ledger.purge_client("client-1", request_id="req-1")  # what an unlearning request does
+    ledger.close()
+    fed, grid = make(tmp_path, nodes, **{"federation.rounds": 1})
+    history = fed.run()
+    rounds = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND]
+    assert sorted(rounds) == [1, 3]
+    assert history[0]["accepted"] == 2 and "client-1" not in history[0]["clients"]
+    assert set(Ledger(tmp_path / "ledger.sqlite").label_counts(fed.run_id)) == {"client-0", "client-2"}
+    assert fed.class_counts == [6, 6, 10]  # the forgotten client's counts reach no one

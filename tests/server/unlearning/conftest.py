@@ -105,3 +105,84 @@ def material(tmp_path_factory) -> Material:
 @pytest.fixture
 def ledger_path(tmp_path) -> Path:
     return build_ledger(tmp_path / "run" / "ledger.sqlite")
+
+
+# -- a tiny real run for the model modes: real MiniLM teacher and student, checkpoints by TeacherNode ------
+TINY_RUN = "tiny-run"
+TINY = {  # the smoke preset, smaller: 3 clients, 3 rounds of 8 public inputs from a pool of 16 (round 3 re-sends 0-7)
+    "data.test_size": 8, "data.public_size": 16, "data.private_size": 30, "federation.rounds": 3,
+    "federation.public_per_round": 8, "train.batch_size": 8, "train.micro_batch_size": 8,
+}
+TINY_PLAN = {1: ["client-0", "client-2"], 2: ["client-0", "client-1", "client-2"], 3: ["client-0", "client-1", "client-2"]}
+TINY_TARGET = "client-1"  # first contributes in round 2: exact replay restores round 1's checkpoint
+
+
+def tiny_config():
+    from common.presets import preset_config
+
+    return preset_config("smoke", TINY)
+
+
+def build_tiny_run(folder: Path) -> Path:
+    """A run folder as the federation leaves one: ledger (contributions, consensus by the run's rule) and
+    ``checkpoints/round-NNN`` written by the real TeacherNode, fed each round's consensus as the server
+    sends it (log-probabilities, float32) from the ledger's float32 copy."""
+    from flwr.app import Context, RecordDict
+
+    from client.teacher import TeacherNode
+    from common.federation_data import build_federation_data
+    from server.unlearning.arithmetic import recompute_consensus, support_matrix
+
+    config = tiny_config()
+    data = build_federation_data(config.data)
+    ledger = Ledger(folder / "ledger.sqlite")
+    ledger.start_run(TINY_RUN, config.to_flat())
+    counts = {f"client-{k}": [int(x) for x in data.support(k)] for k in range(config.data.num_clients)}
+    ledger.record_clients(TINY_RUN, counts)
+    node = TeacherNode(config, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+    rng = np.random.default_rng(7)
+    k = config.federation.public_per_round
+    for r, clients in TINY_PLAN.items():
+        ids = (np.arange((r - 1) * k, r * k) % config.data.public_size).astype(np.int64)
+        accepted = [
+            Contribution(cid, 100 + int(cid[-1]), ids, encode_logits(ids, rng.normal(size=(k, 3)) * 2, dtype="float16"),
+                         float(len(data.clients[int(cid[-1])].train)))
+            for cid in clients
+        ]
+        support, _ = support_matrix(clients, counts)
+        consensus = recompute_consensus(
+            [c.payload for c in accepted], [c.weight for c in accepted], ids=ids, num_classes=3,
+            rule=get_rule(config.federation.aggregation), temperature=config.train.temperature,
+            min_replies=config.federation.min_replies, support=support,
+        )
+        ledger.record_round(run_id=TINY_RUN, round_index=r, accepted=accepted, rejected=[], rule=config.federation.aggregation,
+                            consensus_ids=ids, consensus=consensus)
+        log_probs = np.log(np.clip(consensus.astype(np.float64), 1e-12, None)).astype(np.float32)
+        node.teach(round_index=r, consensus=encode_logits(ids, log_probs, dtype="float32"), output_dir=folder)
+    ledger.close()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices gain nothing from a second thread, and on a busy machine OpenMP threads waiting
+    for each other made the model tests ten times slower. Restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run_template(one_torch_thread, tmp_path_factory) -> Path:
+    return build_tiny_run(tmp_path_factory.mktemp("tiny-run"))
+
+
+@pytest.fixture
+def tiny_run(tiny_run_template, tmp_path) -> Path:
+    """A fresh copy of the tiny run folder (the modes change its ledger and write beside it)."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run_template, tmp_path / "tiny-run"))

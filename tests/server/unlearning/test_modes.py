@@ -1,6 +1,6 @@
 """The modes on a ledger built like the federation's: what is removed, what is recomputed, what stays byte-identical.
 
-One table runs every registered mode through the shared checks (the other clients' rows are
+One table runs every ledger-only mode through the shared checks (the other clients' rows are
 untouched, tombstones match the removed payloads, the client is forgotten, a second run changes
 nothing); then mode-specific checks.
 """
@@ -18,7 +18,7 @@ from server.unlearning.arithmetic import consensus_sha256
 
 from .conftest import LABEL_COUNTS, PLAN, RUN_A, RUN_B, TARGET, build_ledger, other_rows, reference_consensus, snapshot
 
-MODES = available_modes()
+MODES = tuple(m for m in available_modes() if not get_mode(m).changes_models)  # the model modes: test_model_modes.py
 
 
 def _target_payloads(path) -> dict[tuple[str, int], bytes]:
@@ -37,9 +37,10 @@ def _apply(path, mode: str, request_id: str = "req-1"):
 
 
 def test_registry_lists_the_modes_that_exist():
-    assert set(MODES) == {"purge", "reaggregate"}  # exact-replay and fast-correction are not built yet
-    with pytest.raises(InvalidUnlearnRequest, match="unknown unlearning mode 'exact-replay'; available: purge, reaggregate"):
-        get_mode("exact-replay")
+    assert available_modes() == ("exact-replay", "fast-correction", "purge", "reaggregate")
+    assert MODES == ("purge", "reaggregate")
+    with pytest.raises(InvalidUnlearnRequest, match="unknown unlearning mode 'retrain'; available: exact-replay, fast-correction, purge"):
+        get_mode("retrain")
 
 
 @pytest.mark.parametrize("mode", MODES)

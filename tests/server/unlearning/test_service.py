@@ -122,8 +122,8 @@ REFUSALS = {
     "empty client id": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
         client_id="", reason="r", mode="purge", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT, "client_id is empty"),
     "unknown mode": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
-        client_id=TARGET, reason="r", mode="exact-replay", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT,
-        "unknown unlearning mode 'exact-replay'"),
+        client_id=TARGET, reason="r", mode="forget-harder", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown unlearning mode 'forget-harder'"),
     "no reason": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
         client_id=TARGET, reason="", mode="purge", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT, "reason is empty"),
     "unsigned": (lambda m: pb.SubmitUnlearnRequest(client_id=TARGET, reason="r", mode="purge", idempotency_key="k"),

@@ -1,0 +1,200 @@
+"""The teacher and global student of a run, as the model-changing modes read and write them.
+
+Files and learners only; the training is :mod:`client.teacher_step` and the modes' own modules.
+
+A run folder (``federation.output_dir``, the ledger's folder) holds::
+
+    checkpoints/round-NNN/{teacher,student}.pt                the federation's, after each taught round; never changed
+    unlearning/<request_id>/checkpoints/round-NNN/{...}.pt    exact replay's rounds
+    unlearning/<request_id>/{teacher,student}.pt              the trainable states the request ended with
+    unlearning/<request_id>/models/{teacher,global-student}/  the same as PEFT adapters (``PeftModel.from_pretrained``)
+    unlearning/<request_id>/models.json                       the certificate's ``models`` field, written last
+    unlearning/CURRENT                                        id of the request whose states are the run's models now
+
+**Which run.** A run folder's checkpoints belong to the last run started in its ledger (a new run
+in the same folder overwrites them), so the model modes act on that run. A client that took no
+part in it leaves the models as they are (the certificate says so); earlier runs' models are no
+longer on disk.
+
+**Current models.** The states a model mode starts from (fast correction) and reports as "before"
+are those of the request ``CURRENT`` names, else the run's last checkpoint. Exact replay restores
+the federation's own checkpoint from before the earliest revised round, so a second request does
+not inherit a first one's approximation.
+
+**Exactly once.** ``models.json`` is written after every other file of the request and before
+``CURRENT``; a resumed request whose ``models.json`` exists reads it back instead of training again
+(a killed attempt's partial files are overwritten by the deterministic rerun).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, NebulaConfig
+from server.exceptions import LedgerError, UnlearningError
+from server.ledger import Ledger
+from server.unlearning.arithmetic import state_sha256
+from server.unlearning.base import UnlearnContext
+
+CURRENT = "CURRENT"
+MANIFEST = "models.json"
+NAMES = ("teacher", "student")  # file stems of the two trainable states
+
+
+@dataclass(frozen=True)
+class RunModels:
+    """The run whose models a run folder holds, and the configuration it was started with."""
+
+    folder: Path
+    run_id: str
+    config: NebulaConfig
+
+    def checkpoint(self, round_index: int) -> Path:
+        return self.folder / "checkpoints" / f"round-{round_index:03d}"
+
+    def checkpoint_rounds(self) -> list[int]:
+        found = (p.name for p in (self.folder / "checkpoints").glob("round-*") if (p / "teacher.pt").is_file())
+        return sorted(int(n.removeprefix("round-")) for n in found if n.removeprefix("round-").isdigit())
+
+    def request_dir(self, request_id: str) -> Path:
+        return self.folder / "unlearning" / request_id
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+
+def open_run(ctx: UnlearnContext) -> RunModels:
+    """The run whose models ``ctx``'s run folder holds: :func:`run_of` its ledger and folder."""
+    return run_of(ctx.ledger, ctx.run_folder)
+
+
+def run_of(ledger: Ledger, folder: Path) -> RunModels:
+    """The last run of ``ledger``, with its configuration (Ledger.run_config), whose models are in ``folder``."""
+    runs = ledger.runs()
+    if not runs:
+        raise LedgerError(f"the ledger {ledger.path} holds no run: there are no models to unlearn from")
+    run_id = runs[-1]
+    try:
+        config = NebulaConfig.from_flat(ledger.run_config(run_id))
+    except ConfigError as exc:
+        raise LedgerError(f"run {run_id}: stored configuration: {exc}") from exc
+    return RunModels(Path(folder), run_id, config)
+
+
+def affected_rounds(ctx: UnlearnContext, run: RunModels) -> list[int]:
+    """Rounds of the run whose consensus no longer is what the teacher learnt from: revised by any
+    request, or holding a removed contribution of this client (a purge-only request leaves the
+    consensus, but the client did reach the teacher there)."""
+    return sorted(set(ctx.ledger.revised_rounds(run.run_id)) | set(ctx.ledger.tombstoned_rounds(run.run_id, ctx.client_id)))
+
+
+def load_states(folder: Path) -> tuple[dict, dict]:
+    """``(teacher, student)`` trainable states from ``folder/{teacher,student}.pt``."""
+    import torch
+
+    try:
+        return tuple(torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True) for name in NAMES)  # type: ignore[return-value]
+    except (OSError, RuntimeError) as exc:
+        raise UnlearningError(f"cannot read the model states in {folder}: {exc}") from exc
+
+
+def save_states(folder: Path, teacher: dict, student: dict) -> None:
+    """Write both states as TeacherNode.checkpoint does (each file replaced atomically)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, state in zip(NAMES, (teacher, student)):
+        tmp = folder / f".{name}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(folder / f"{name}.pt")
+
+
+def current_states(run: RunModels) -> tuple[dict, dict, str]:
+    """``(teacher, student, where)``: the run's models now (see the module docstring)."""
+    pointer = run.folder / "unlearning" / CURRENT
+    if pointer.is_file():
+        request_id = pointer.read_text(encoding="utf-8").strip()
+        manifest = finished(run, request_id)
+        if manifest is not None and manifest.get("run_id") == run.run_id:
+            return (*load_states(run.request_dir(request_id)), run.relative(run.request_dir(request_id)))
+    rounds = run.checkpoint_rounds()
+    if not rounds:
+        raise UnlearningError(f"{run.folder / 'checkpoints'} holds no round's checkpoint: no models to unlearn from")
+    return (*load_states(run.checkpoint(rounds[-1])), run.relative(run.checkpoint(rounds[-1])))
+
+
+def learners(run: RunModels):
+    """``(teacher, student, data)``: the run's learners (this process's cached base models) and data view."""
+    from client.edge import learner_for
+    from common.federation_data import build_federation_data
+
+    data = build_federation_data(run.config.data)
+    model = run.config.model
+    return learner_for(run.config, model.teacher, data.num_classes), learner_for(run.config, model.student, data.num_classes), data
+
+
+def finished(run: RunModels, request_id: str) -> dict[str, Any] | None:
+    """The ``models.json`` of a request whose models are complete, else None."""
+    path = run.request_dir(request_id) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnlearningError(f"{path}: unreadable ({exc})") from exc
+
+
+def resume(run: RunModels, request_id: str) -> dict[str, Any] | None:
+    """A resumed request's ``models`` field when its models are complete (None: train), with ``CURRENT``
+    set as :func:`publish` would have left it (a process killed between the two writes)."""
+    manifest = finished(run, request_id)
+    if manifest is not None:
+        pointer = run.folder / "unlearning" / CURRENT
+        named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
+        newer = named and (run.request_dir(named) / MANIFEST).is_file() and \
+            (run.request_dir(named) / MANIFEST).stat().st_mtime_ns > (run.request_dir(request_id) / MANIFEST).stat().st_mtime_ns
+        if named != request_id and not newer:
+            _write_atomic(pointer, request_id + "\n")
+    return manifest
+
+
+def hashes(model: str, before: dict, after: dict) -> dict[str, str]:
+    return {"model": model, "before_sha256": state_sha256(before), "after_sha256": state_sha256(after)}
+
+
+def publish(run: RunModels, request_id: str, teacher, student, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the request's final states, adapters and ``models.json``, then point ``CURRENT`` at it."""
+    from common.models import save_adapter, trainable_state
+
+    folder = run.request_dir(request_id)
+    save_states(folder, trainable_state(teacher.model), trainable_state(student.model))
+    save_adapter(teacher, folder / "models" / "teacher")
+    save_adapter(student, folder / "models" / "global-student")
+    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_atomic(run.folder / "unlearning" / CURRENT, request_id + "\n")
+    return manifest
+
+
+def unchanged(run: RunModels, method: str, client_id: str) -> dict[str, Any]:
+    """The ``models`` field when the client took no part in the run whose models are on disk."""
+    teacher, student, where = current_states(run)
+    return {
+        "run_id": run.run_id, "method": method, "changed": False, "before": where, "output": where,
+        "note": f"{client_id} took no part in run {run.run_id}, whose models this run folder holds: nothing to undo",
+        "teacher": hashes(run.config.model.teacher, teacher, teacher),
+        "student": hashes(run.config.model.student, student, student),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
