@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     from server.unlearning.cli import add_unlearn_parser  # grpc and cryptography load in the command
 
     add_unlearn_parser(sub)
+    from deploy.commands import add_deploy_commands  # `nebula certs`, `nebula deploy up|down`
+    add_deploy_commands(sub)
     return parser
 
 

@@ -1,0 +1,352 @@
+"""A whole Nebula federation on one host, over Flower's deployment engine, as an operator runs one.
+
+:class:`LocalFederation` starts, on loopback, a SuperLink with TLS, SuperNode authentication, a
+state database and runtime package installation off; registers each SuperNode's public key
+under its name; starts the teacher and client SuperNodes with their node config; submits the
+run with ``flwr run``; polls until it ends; and stops every process it started, by process id
+(:mod:`deploy.processes`), also when anything fails. ``nebula deploy up`` / ``down`` drive it.
+
+Everything a run writes stays in its folder ``RUN_DIR``:
+
+=====================  =======================================================================
+``flwr/``              FLWR_HOME: ``config.toml`` (the ``nebula`` connection, with the CA),
+                       installed app bundles; nothing is written to the home folder
+``state.db``           the SuperLink's database (registered SuperNodes, runs)
+``logs/NAME.log``      each process's output; ``logs/run-ID.log`` is ``flwr log`` of the run
+``server/``            the ServerApp's output: ``ledger.sqlite``, ``metrics.jsonl``, checkpoints
+``nodes/NAME/``        what each node saves (its adapters; the teacher's models)
+``pids.json``          the processes started, for ``nebula deploy down``
+``run-ID.json``        Flower's record of a finished run (status, timestamps, traffic)
+=====================  =======================================================================
+
+Flower 1.41 facts this relies on (../shared/docs/flower-1.41-notes.md, checked here):
+``--run-config`` keys must be declared in pyproject.toml, hence the single ``overrides`` string
+(server/app.py); each SuperNode on one host needs its own ``--port`` (its ClientApp I/O API);
+an unregistered key makes a SuperNode log "Exit Code: 305 ... Failed to activate SuperNode" and exit
+with status 1; a SuperNode that stops sending heartbeats (every 30 s) is reported "Node Unavailable" to
+the ServerApp after 2 missed intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from common import keys
+from deploy.pki import DeploymentMaterial
+from deploy.processes import ProcInfo, Started, family, read_pid_file, send_signal, spawn, stop, write_pid_file
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml + sources
+CONNECTION = "nebula"
+DONE = "finished"  # Flower run statuses: pending, starting, running, finished:{completed,failed,stopped}
+
+
+class DeployError(RuntimeError):
+    """A deployment step failed; the message names the step and where its log is."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One SuperNode: its registered name, role and data partition.
+
+    ``key`` is its private authentication key (default: ``supernodes/NAME.key`` of the material);
+    ``registered=False`` starts it without registering its public key (the SuperLink refuses it).
+    """
+
+    name: str
+    role: str = keys.ROLE_CLIENT
+    partition: int = 0
+    num_partitions: int = 1
+    key: Path | None = None
+    registered: bool = True
+
+    def node_config(self, output_dir: Path) -> str:
+        """``--node-config`` text: what client/node.py reads (strings quoted, as Flower wants)."""
+        values = {keys.NODE_ROLE: self.role, keys.NODE_CLIENT_ID: self.name, "output-dir": str(output_dir)}
+        bad = [f"{k}={v!r}" for k, v in values.items() if "'" in v or "=" in v]
+        if bad:
+            raise DeployError(f"node {self.name}: node config values may not hold quotes or '=': {', '.join(bad)}")
+        quoted = " ".join(f"{k}='{v}'" for k, v in values.items())
+        return f"{keys.NODE_PARTITION}={self.partition} {keys.NODE_NUM_PARTITIONS}={self.num_partitions} {quoted}"
+
+
+def federation_nodes(teacher: str, clients: Sequence[str]) -> list[NodeSpec]:
+    """The teacher (partition ``len(clients)``, as the server expects) and clients 0..n-1."""
+    n = len(clients)
+    return [NodeSpec(teacher, keys.ROLE_TEACHER, n, n)] + [NodeSpec(c, keys.ROLE_CLIENT, i, n) for i, c in enumerate(clients)]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalFederation:
+    """SuperLink, SuperNodes and runs of one folder; a context manager that stops them all on exit."""
+
+    def __init__(self, run_dir: str | Path, material: DeploymentMaterial, *, app_dir: Path = PROJECT_ROOT,
+                 host: str = "127.0.0.1", bin_dir: Path | None = None) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.material, self.app_dir, self.host = material, Path(app_dir), host
+        self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
+        self.processes: list[Started] = []
+        self.node_ids: dict[str, int] = {}  # registered name -> SuperNode id
+        self.superlink: Started | None = None
+        self.port = 0
+        for sub in ("flwr", "logs", "server", "nodes", "tmp"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- paths and environment -------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.run_dir / "server"
+
+    def node_dir(self, name: str) -> Path:
+        return self.run_dir / "nodes" / name
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FLWR_HOME=str(self.run_dir / "flwr"), RAY_TMPDIR=str(self.run_dir / "tmp"), MPLCONFIGDIR=str(self.run_dir / "tmp"),
+            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+            # Flower's processes start flower-superexec, flwr-serverapp and flwr-clientapp by name.
+            PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        )
+        return env
+
+    def _bin(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def _started(self, proc: Started) -> Started:
+        self.processes.append(proc)
+        write_pid_file(self.run_dir / "pids.json", self.processes)
+        return proc
+
+    # -- SuperLink -------------------------------------------------------------------------
+    def start_superlink(self, *, port: int = 0, timeout: float = 60.0) -> Started:
+        """Start the SuperLink and wait until ``GET /health`` answers over TLS."""
+        self.port = port or free_port(self.host)
+        m = self.material
+        argv = [
+            self._bin("flower-superlink"), "--ssl-ca-certfile", str(m.ca_cert), "--ssl-certfile", str(m.tls_cert),
+            "--ssl-keyfile", str(m.tls_key), "--enable-supernode-auth", "--database", str(self.run_dir / "state.db"),
+            "--disable-runtime-dependency-installation", "--host", self.host, "--port", str(self.port),
+        ]
+        self.superlink = self._started(spawn("superlink", argv, env=self.env(), log_path=self.log_path("superlink"), cwd=self.run_dir))
+        context = ssl.create_default_context(cafile=str(m.ca_cert))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(self.superlink, "SuperLink")
+            try:
+                with urllib.request.urlopen(f"https://{self.address}/health", context=context, timeout=2) as r:
+                    if r.status == 200:
+                        self._write_connection()
+                        return self.superlink
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise DeployError(f"SuperLink not healthy on https://{self.address}/health after {timeout:.0f} s; see {self.superlink.log}")
+
+    def _write_connection(self) -> None:
+        text = (
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f"address = {json.dumps(self.address)}\nroot-certificates = {json.dumps(str(self.material.ca_cert))}\n"
+        )
+        (self.run_dir / "flwr" / "config.toml").write_text(text)
+
+    def _check_alive(self, proc: Started, what: str) -> None:
+        if not proc.alive():
+            raise DeployError(f"{what} exited (code {proc.returncode()}): {tail(proc.log)}")
+
+    # -- the flwr CLI ----------------------------------------------------------------------
+    def flwr(self, *args: str, timeout: float = 120.0) -> dict:
+        """Run ``flwr ARGS --format json`` against this federation; its JSON answer."""
+        cmd = [self._bin("flwr"), *args, "--format", "json"]
+        done = subprocess.run(cmd, env=self.env(), cwd=self.run_dir, capture_output=True, text=True, timeout=timeout)
+        out = done.stdout
+        try:
+            answer = json.loads(out[out.index("{"):])
+        except ValueError:
+            raise DeployError(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {out[-800:]} {done.stderr[-800:]}") from None
+        if not answer.get("success", False):
+            raise DeployError(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
+        return answer
+
+    def register(self, name: str, public_key: Path) -> int:
+        """``flwr supernode register KEY.pub nebula --name NAME``; the SuperNode id."""
+        node_id = int(self.flwr("supernode", "register", str(public_key), CONNECTION, "--name", name)["node-id"])
+        self.node_ids[name] = node_id
+        return node_id
+
+    def supernodes(self) -> dict[int, str]:
+        """SuperNode id -> status (registered, online, offline ...), as the SuperLink sees them."""
+        return {int(n["node-id"]): n["status"] for n in self.flwr("supernode", "list", CONNECTION)["nodes"]}
+
+    # -- SuperNodes ------------------------------------------------------------------------
+    def start_supernode(self, spec: NodeSpec, *, port: int = 0) -> Started:
+        """Register ``spec``'s public key (unless ``registered=False``) and start its SuperNode."""
+        key = spec.key or self.material.supernode_keys[spec.name]
+        if spec.registered:
+            self.register(spec.name, self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub"))
+        argv = [
+            self._bin("flower-supernode"), "--superlink", self.address, "--root-certificates", str(self.material.ca_cert),
+            "--auth-supernode-private-key", str(key), "--node-config", spec.node_config(self.node_dir(spec.name)),
+            # Each SuperNode's own ClientApp I/O API: several on one host must not share a port.
+            "--host", self.host, "--port", str(port or free_port(self.host)),
+        ]
+        return self._started(spawn(spec.name, argv, env=self.env(), log_path=self.log_path(spec.name), cwd=self.run_dir))
+
+    def wait_online(self, names: Sequence[str], *, timeout: float = 90.0) -> None:
+        """Until every named (registered) SuperNode is online; raises naming the ones that are not."""
+        deadline, missing = time.monotonic() + timeout, list(names)
+        while time.monotonic() < deadline:
+            for proc in self.processes:
+                if proc.name in missing:
+                    self._check_alive(proc, f"SuperNode {proc.name}")
+            status = self.supernodes()
+            missing = [n for n in names if status.get(self.node_ids[n]) != "online"]
+            if not missing:
+                return
+            time.sleep(2.0)
+        raise DeployError(f"SuperNode(s) {', '.join(missing)} not online after {timeout:.0f} s; see their logs in {self.run_dir / 'logs'}")
+
+    # -- runs ------------------------------------------------------------------------------
+    def submit(self, *, preset: str = "quick", overrides: Mapping[str, object] | None = None) -> int:
+        """``flwr run APP nebula --run-config FILE``; the run id.
+
+        ``federation.output_dir`` defaults to ``RUN_DIR/server``. The run config goes as a TOML
+        file so that no value needs shell quoting.
+        """
+        pairs = {"federation.output_dir": str(self.server_dir), **(overrides or {})}
+        text = " ".join(f"{k}={v}" for k, v in pairs.items())
+        if any(" " in str(v) or "'" in str(v) or '"' in str(v) for v in pairs.values()):
+            raise DeployError(f"run config override values may not hold spaces or quotes: {text}")
+        config = self.run_dir / "run-config.toml"
+        config.write_text(f"preset = {json.dumps(preset)}\noverrides = {json.dumps(text)}\n")
+        return int(self.flwr("run", str(self.app_dir), CONNECTION, "--run-config", str(config), timeout=300)["run-id"])
+
+    def run_status(self, run_id: int) -> dict:
+        """Flower's record of the run: ``status`` (e.g. ``finished:completed``), timestamps, ``elapsed``."""
+        runs = self.flwr("list", CONNECTION, "--run-id", str(run_id))["runs"]
+        return runs[0]
+
+    def wait_run(self, run_id: int, *, timeout: float = 900.0, poll: float = 5.0) -> dict:
+        """Poll until the run has finished; saves ``flwr log`` to ``logs/run-ID.log``; the final status."""
+        deadline, status = time.monotonic() + timeout, {"status": "unknown"}
+        while time.monotonic() < deadline:
+            assert self.superlink is not None
+            self._check_alive(self.superlink, "SuperLink")
+            status = self.run_status(run_id)
+            if str(status["status"]).startswith(DONE):
+                self.save_run_log(run_id)
+                (self.run_dir / f"run-{run_id}.json").write_text(json.dumps(status, indent=1))
+                return status
+            time.sleep(poll)
+        self.save_run_log(run_id)
+        raise DeployError(f"run {run_id} not finished after {timeout:.0f} s (status {status['status']}); see {self.run_dir / 'logs'}")
+
+    def save_run_log(self, run_id: int) -> Path:
+        path = self.log_path(f"run-{run_id}")
+        done = subprocess.run([self._bin("flwr"), "log", str(run_id), CONNECTION, "--show"], env=self.env(), cwd=self.run_dir,
+                              capture_output=True, text=True, timeout=120)
+        path.write_text(done.stdout + done.stderr)
+        return path
+
+    # -- stopping --------------------------------------------------------------------------
+    def family(self) -> list[ProcInfo]:
+        """Every live process this federation started, with Flower's helpers."""
+        return family(self.processes)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> list[ProcInfo]:
+        """Send ``sig`` to the named process and its helpers at once (a device losing power); whom."""
+        members = family([p for p in self.processes if p.name == name])
+        send_signal(members, sig)
+        return members
+
+    def stop(self, names: Sequence[str] | None = None, *, grace: float = 10.0) -> list[ProcInfo]:
+        """Stop the named processes (default all) with their helpers; what survived (normally [])."""
+        chosen = [p for p in self.processes if names is None or p.name in names]
+        return stop(chosen, grace=grace)
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_federation(
+    run_dir: str | Path, material: DeploymentMaterial, *, teacher: str, clients: Sequence[str], preset: str = "quick",
+    overrides: Mapping[str, object] | None = None, port: int = 0,
+) -> tuple[LocalFederation, int]:
+    """SuperLink, the registered teacher and client SuperNodes, the run submitted: ``(federation, run id)``.
+
+    ``data.num_clients`` is set to ``len(clients)``. If any step fails, everything started is
+    stopped before the error propagates.
+    """
+    fed = LocalFederation(run_dir, material)
+    try:
+        fed.start_superlink(port=port)
+        nodes = federation_nodes(teacher, clients)
+        for spec in nodes:
+            fed.start_supernode(spec)
+        fed.wait_online([n.name for n in nodes])
+        return fed, fed.submit(preset=preset, overrides={"data.num_clients": len(clients), **(overrides or {})})
+    except BaseException:
+        fed.stop()
+        raise
+
+
+def down(run_dir: str | Path, *, grace: float = 10.0) -> list[ProcInfo]:
+    """Stop what ``pids.json`` of ``run_dir`` names (``nebula deploy down``); the survivors."""
+    path = Path(run_dir) / "pids.json"
+    if not path.exists():
+        raise DeployError(f"{path} not found: nothing was started in {run_dir}, or it was already stopped")
+    survivors = stop(read_pid_file(path), grace=grace)
+    if not survivors:
+        path.unlink()
+    return survivors
+
+
+def round_timing(row: Mapping) -> dict[str, float]:
+    """Wall time of a round (one ``metrics.jsonl`` row) against the compute inside it.
+
+    The clients work in parallel, then the teacher: the compute on the round's critical path
+    is the slowest accepted client's ``seconds`` plus the teacher's. ``ratio`` = wall / compute
+    (issue 4's target: <= 1.5); the rest is transport, process start-up and model loading.
+    """
+    clients = max((float(m.get("seconds", 0.0)) for m in row.get("clients", {}).values()), default=0.0)
+    teacher = float(row.get("teacher_seconds") or 0.0)
+    compute = clients + teacher
+    wall = float(row["seconds"])
+    return {
+        "wall": wall, "compute": compute, "ratio": wall / compute if compute > 0 else float("inf"),
+        "clients_wait": float(row.get("clients_wait_seconds", 0.0)), "clients_compute": clients,
+        "teacher_wait": float(row.get("teacher_wait_seconds", 0.0)), "teacher_compute": teacher,
+    }
+
+
+def tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"
