@@ -1,6 +1,6 @@
 """``nebula unlearn``: the operator's commands and the service's own.
 
-    nebula unlearn CLIENT --reason TEXT --mode purge|reaggregate --server HOST:PORT --ca CA.pem --key OPERATOR.key
+    nebula unlearn CLIENT --reason TEXT --mode purge|reaggregate|exact-replay|fast-correction --server HOST:PORT --ca CA.pem --key OPERATOR.key
     nebula unlearn status ID ...      nebula unlearn list ...
     nebula unlearn verify CERT.json --server-key SERVER-SIGNING.pub
     nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY --tls-cert PEM --tls-key KEY
