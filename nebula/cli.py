@@ -55,13 +55,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
     _quiet_libraries(args.verbose)  # after the imports: importing flwr resets its logger to DEBUG
 
+    from server.aggregation import AggregationError, get_rule
+
     try:
         config = preset_config(args.preset, overrides_from_args(args))
+        get_rule(config.federation.aggregation)  # an unknown rule is an error here, not inside the ServerApp
         wanted = [b for b in args.baselines.split(",") if b and b != "none"]
         unknown = [b for b in wanted if b not in BASELINES]
         if unknown:
             raise ConfigError(f"unknown baseline(s) {unknown}; available: {', '.join(BASELINES)}")
-    except ConfigError as exc:
+    except (ConfigError, AggregationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(config.federation.output_dir)
