@@ -28,9 +28,9 @@ from flwr.serverapp import Grid
 
 from common import keys
 from common.config import NebulaConfig
-from common.training import softmax_np
 from common.wire import encode_logits
 from server.aggregation import get_rule
+from server.consensus import round_consensus
 from server.exceptions import DiscoveryError, ReplyRejected, TeacherUnavailable
 from server.ledger import Contribution, Ledger
 from server.metrics_log import MetricsLog
@@ -223,16 +223,13 @@ class Federation:
         report = RoundReport(r, [c.client_id for c in accepted], rejected, metrics, clients_wait_seconds=clients_wait)
         report.bytes_up_per_client = float(np.mean([len(c.payload) for c in accepted])) if accepted else 0.0
         report.bytes_down_per_client = float(np.mean([_payload_bytes(m) for m in sent.values()]))
-        consensus = None
-        if len(accepted) < cfg.federation.min_replies:
-            log.warning("round %d: %d valid replies < min_replies %d; not aggregated", r, len(accepted), cfg.federation.min_replies)
-        elif not sum(c.weight for c in accepted) > 0:
-            log.warning("round %d: every valid reply has weight 0 (inference-only nodes hold no data); not aggregated", r)
-        else:
-            probs = np.stack([softmax_np(z, temperature=cfg.train.temperature) for z in decoded_logits])  # (K, N, C)
-            weights = np.array([c.weight for c in accepted])
-            support = np.array([self.clients[c.node_id].label_counts for c in accepted], dtype=float)
-            consensus = self.rule.aggregate(probs, weights=weights, support=support)  # (N, C)
+        support = np.array([self.clients[c.node_id].label_counts for c in accepted], dtype=float)  # (K, C)
+        consensus, why_not = round_consensus(
+            decoded_logits, [c.weight for c in accepted], rule=self.rule, temperature=cfg.train.temperature,
+            min_replies=cfg.federation.min_replies, support=support,
+        )  # (N, C) or None
+        if consensus is None:
+            log.warning("round %d: %s; not aggregated", r, why_not)
         self.ledger.record_round(
             run_id=self.run_id, round_index=r, accepted=accepted, rejected=[(cid, rejected_nodes[cid], why) for cid, why in rejected.items()],
             rule=self.rule.name, consensus_ids=ids if consensus is not None else None, consensus=consensus,

@@ -99,12 +99,10 @@ def recompute_consensus(
     np.ndarray (N, C) float32, or None where the federation would not aggregate the round: fewer
     than ``min_replies`` contributions, or all of weight 0 (inference-only nodes hold no data).
     """
-    if len(payloads) < max(min_replies, 1) or not sum(weights) > 0:
-        return None
-    from common.training import softmax_np  # the federation's own softmax; imported here as it brings torch
+    from server.consensus import round_consensus  # the federation's own rule; imported here as it brings torch
 
-    probs = np.stack(
-        [softmax_np(decode_logits(p, expected_ids=ids, num_classes=num_classes).logits, temperature=temperature) for p in payloads]
-    )  # (K, N, C)
-    consensus = rule.aggregate(probs, weights=np.asarray(weights, dtype=float), support=support)  # (N, C)
-    return consensus.astype(np.float32)
+    logits = [decode_logits(p, expected_ids=ids, num_classes=num_classes).logits for p in payloads]
+    consensus, _ = round_consensus(
+        logits, weights, rule=rule, temperature=temperature, min_replies=max(min_replies, 1), support=support
+    )
+    return None if consensus is None else consensus.astype(np.float32)
