@@ -90,18 +90,34 @@ def train_round(msg: Message, context: Context) -> Message:
     return ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.LOGITS_BLOB: blob}, out.metrics)
 
 
+def _teacher_request(msg: Message, context: Context, message_type: str):
+    """``(teacher node, round record, output dir)`` of a message only the teacher may get."""
+    config, node, rec = _setup(msg, context)
+    if node.role != keys.ROLE_TEACHER:
+        raise ValueError(f"{message_type} sent to edge client {node.client_id}")
+    return _worker(config, node, context), node, rec, _output_dir(context, rec)
+
+
+def _with_student(reply: Message, student_state) -> Message:
+    reply.content[keys.STUDENT_STATE] = ArrayRecord(torch_state_dict=student_state)
+    return reply
+
+
 @app.train("teach")
 @guarded
 def teach(msg: Message, context: Context) -> Message:
-    config, node, rec = _setup(msg, context)
-    if node.role != keys.ROLE_TEACHER:
-        raise ValueError(f"{keys.MSG_TEACH} sent to edge client {node.client_id}")
-    refined, metrics, student_state = _worker(config, node, context).teach(
-        round_index=int(rec[keys.ROUND_INDEX]), consensus=rec[keys.CONSENSUS_BLOB], output_dir=_output_dir(context, rec)
-    )
-    reply = ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.REFINED_BLOB: refined}, metrics)
-    reply.content[keys.STUDENT_STATE] = ArrayRecord(torch_state_dict=student_state)
-    return reply
+    teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_TEACH)
+    refined, metrics, student_state = teacher.teach(round_index=int(rec[keys.ROUND_INDEX]), consensus=rec[keys.CONSENSUS_BLOB], output_dir=out)
+    return _with_student(ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.REFINED_BLOB: refined}, metrics), student_state)
+
+
+@app.train("restore")
+@guarded
+def restore(msg: Message, context: Context) -> Message:
+    """After a server restart (server/resume.py): the teacher loads a checkpoint and sends the global student back."""
+    teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_RESTORE)
+    student_state = teacher.restore(round_index=int(rec[keys.RESTORE_ROUND]), gathered=rec.get(keys.GATHERED_BLOB), output_dir=out)
+    return _with_student(ok_reply(msg, {keys.CLIENT_ID: node.client_id}), student_state)
 
 
 @app.query("finish")

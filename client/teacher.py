@@ -83,6 +83,27 @@ class TeacherNode:
         student_state = trainable_state(self.student.model)
         return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics, student_state
 
+    def restore(self, *, round_index: int, gathered: bytes | None, output_dir: Path) -> dict[str, torch.Tensor]:
+        """After a server restart: load round ``round_index``'s checkpoint (0: the initial states) and the
+        consensus gathered up to it (wire-format log-probabilities); returns the global student's state."""
+        states = {"teacher": self.teacher.init_state, "student": self.student.init_state}
+        if round_index:
+            folder = output_dir / "checkpoints" / f"round-{round_index:03d}"
+            for name in states:
+                path = folder / f"{name}.pt"
+                if not path.is_file():
+                    raise FileNotFoundError(f"no checkpoint {path} on this teacher node to resume round {round_index} from")
+                states[name] = torch.load(path, map_location="cpu", weights_only=True)
+        load_trainable_state(self.teacher.model, states["teacher"])
+        load_trainable_state(self.student.model, states["student"])
+        self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))
+        self.context.state[STUDENT_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.student.model))
+        self.context.state.pop(CONSENSUS_KEY, None)
+        if gathered is not None:
+            decoded = decode_logits(gathered, num_classes=self.data.num_classes)
+            self._gathered(decoded.ids, softmax_np(decoded.logits))
+        return trainable_state(self.student.model)
+
     def evaluate(self) -> dict[str, float]:
         test, labels, max_len = self.data.test, self.data.labels(self.data.test), self.config.data.max_length
         out = {}

@@ -145,6 +145,11 @@ class FederationConfig:
         "what an edge client starts each round from: global-student (download the teacher's global student when "
         "the client runs the same base model; uploads stay logits) or own (its own adapter only)",
     )
+    resume: bool = _opt(
+        False,
+        "continue the last run in output_dir's ledger after a restart: finished rounds are kept, the teacher restores "
+        "its last checkpoint (server/resume.py); the other settings must be the run's own",
+    )
     faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
     inference_clients: str = _opt(
         "",

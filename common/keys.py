@@ -9,6 +9,7 @@ MSG_DESCRIBE = "query.describe"  # server -> every node: who are you, what do yo
 MSG_ROUND = "train.round"  # server -> edge client: digest, revisit, answer logits
 MSG_TEACH = "train.teach"  # server -> teacher: consensus in, refined targets out
 MSG_FINISH = "query.finish"  # server -> every node: save artefacts, final evaluation
+MSG_RESTORE = "train.restore"  # server -> teacher after a restart: load a checkpoint, send the global student back
 
 # Record names inside a RecordDict.
 CONFIG = "config"  # ConfigRecord: the flat NebulaConfig (see common.config)
@@ -25,6 +26,8 @@ TEACHER_INDEX = "teacher-index"  # which simulated partition is the teacher
 OUTPUT_DIR = "output-dir"
 STUDENT_MODEL = "student-model"  # base model the global student state belongs to
 CLASS_COUNTS = "class-counts"  # list[int]: the federation's label counts (sum over clients), for logit adjustment
+RESTORE_ROUND = "restore-round"  # int: the checkpoint round the teacher restores (0: its initial state)
+GATHERED_BLOB = "gathered"  # wire-format log-probabilities of the consensus gathered up to RESTORE_ROUND (may be absent)
 
 # Fields of the REPLY record.
 ROLE = "role"

@@ -113,12 +113,34 @@ def _export(args: argparse.Namespace) -> int:
             from deploy.edge.report import build_report, format_markdown, write_report
 
             report = build_report(args.out, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
-                                  teacher_adapter=args.teacher, threads=args.threads, repeats=args.repeats)
+                                  teacher_adapters=args.teacher, threads=args.threads, repeats=args.repeats)
             md, js = write_report(report, args.out)
             print("\n" + format_markdown(report) + f"\n\nreport: {md}, {js}")
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _teach(args: argparse.Namespace) -> int:
+    from server.exceptions import LedgerError
+    from simulation.teach import teach_from_run
+
+    every = max(1, args.progress_every)
+
+    def show(step: int, total: int, loss: float) -> None:
+        if step % every == 0 or step == total:
+            print(f"[step {step}/{total}] loss {loss:.4f}", flush=True)
+
+    print(f"teaching a {args.teacher} teacher on the consensus of {args.run_dir} ({args.epochs} epochs) ...", flush=True)
+    try:
+        report = teach_from_run(args.run_dir, base=args.teacher, out=args.out, epochs=args.epochs, on_step=show)
+    except (LedgerError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    agree = "-" if report.target_agreement is None else f"{100 * report.target_agreement:.1f}%"
+    print(f"{report.base}: {report.targets} targets ({agree} of them name the true label), {report.steps} steps, "
+          f"test accuracy {100 * report.test_accuracy:.1f}% on {report.test_size}, {report.seconds:.0f} s -> {report.adapter}")
     return 0
 
 
@@ -186,12 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="comma list of class names in label-id order (default: from --dataset)")
     p.add_argument("--dataset", default=None, help="dataset the adapter learned: label names, report test set, static-int8 calibration")
     p.add_argument("--report", action="store_true", help="measure size, accuracy, agreement and latency (needs --dataset)")
-    p.add_argument("--teacher", default=None, metavar="ADAPTER_DIR", help="teacher adapter to compare with in the report")
+    p.add_argument("--teacher", action="append", default=[], metavar="ADAPTER_DIR",
+                   help="teacher adapter to compare with in the report (repeat for several)")
     p.add_argument("--test-size", type=int, default=500, help="global test examples (as data.test_size, default 500)")
     p.add_argument("--seed", type=int, default=0, help="split seed (as data.seed, default 0)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads while timing the report (default 1)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure, after 3 warm-up runs (default 20)")
     p.set_defaults(func=_export)
+
+    text = "train a teacher of another base model (e.g. mpnet) on a finished run's consensus, offline"
+    p = sub.add_parser("teach", help=text, description=text)
+    p.add_argument("run_dir", help="folder of a finished run (holds ledger.sqlite), e.g. runs/benchmark")
+    p.add_argument("--teacher", default="mpnet", help="base model: minilm-l6, mpnet, an HF id or a folder (default mpnet)")
+    p.add_argument("--out", required=True, help="adapter folder to write (PeftModel.from_pretrained loads it)")
+    p.add_argument("--epochs", type=int, default=2, help="passes over every gathered consensus target (default 2)")
+    p.add_argument("--progress-every", type=int, default=20, help="print a progress line every n steps (default 20)")
+    p.set_defaults(func=_teach)
 
     text = "classify texts with an export package (onnxruntime only): label and class probabilities per line"
     p = sub.add_parser("predict", help=text, description=text)

@@ -69,3 +69,7 @@ class CertificateError(UnlearningError):
 
 class MalformedCertificate(CertificateError):
     """A certificate file or key cannot be read or parsed: not JSON, missing fields, a malformed signature."""
+
+
+class ResumeError(NebulaServerError):
+    """A run cannot be resumed from the ledger: none to resume, another configuration, or gaps."""

@@ -10,7 +10,9 @@ Rules the operator should know:
 * with fewer than ``federation.min_replies`` valid replies a round is not aggregated and
   the next round sends no targets (clients still revisit their data);
 * if the teacher fails, the consensus itself becomes next round's targets and the round
-  is marked ``teacher_ok = false``.
+  is marked ``teacher_ok = false``;
+* a round is finished when the ledger holds the targets it produced; with
+  ``federation.resume`` a restarted server continues the last run from there (server/resume.py).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from common.config import NebulaConfig
 from common.wire import encode_logits
 from server.aggregation import get_rule
 from server.consensus import round_consensus
-from server.exceptions import DiscoveryError, ReplyRejected, TeacherUnavailable
+from server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable
 from server.ledger import Contribution, Ledger
 from server.metrics_log import MetricsLog
 from server.replies import NodeInfo, parse_describe, read_logits, reply_metrics
+from server.resume import ResumePoint, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,10 @@ class Federation:
             )
         self.num_classes = counts.pop()
         self.class_counts = np.sum([c.label_counts for c in self.clients.values()], axis=0).astype(int).tolist()
-        self.ledger.start_run(self.run_id, self.config.to_flat())
+        if self.config.federation.resume:
+            self.run_id = self.ledger.runs()[-1] if self.ledger.runs() else self.run_id  # checked in _resume
+        else:
+            self.ledger.start_run(self.run_id, self.config.to_flat())
         # Label counts go in the ledger so that unlearning can re-aggregate a round with the same rule.
         self.ledger.record_clients(self.run_id, {i.client_id: i.label_counts for i in self.clients.values()})
         log.info("federation: %d clients, teacher node %s", len(self.clients), self.teacher.node_id)
@@ -176,9 +182,9 @@ class Federation:
 
     def run(self) -> list[dict]:
         self.discover()
-        targets: bytes | None = None
+        first, targets = self._resume() if self.config.federation.resume else (1, None)
         history = []
-        for r in range(1, self.config.federation.rounds + 1):
+        for r in range(first, self.config.federation.rounds + 1):
             report, targets = self.run_round(r, targets)
             summary = report.summary()
             self.metrics.append({"run_id": self.run_id, **summary})
@@ -237,8 +243,41 @@ class Federation:
         next_targets = None
         if consensus is not None:
             next_targets = self._teach(r, ids, consensus, report)
+        self.ledger.record_targets(self.run_id, r, next_targets, teacher_ok=report.teacher_ok)
         report.seconds = time.perf_counter() - t0
         return report, next_targets
+
+    # -- resume after a restart (server/resume.py) -------------------------------------
+    def _resume(self) -> tuple[int, bytes | None]:
+        """Restore the teacher, finish a round the restart interrupted; the first round to run and its targets."""
+        point = resume_point(self.ledger, self.config.to_flat())
+        self.run_id = point.run_id
+        log.info("resuming run %s at round %d (teacher restores round %d)", point.run_id, point.next_round, point.restore_round)
+        self._restore_teacher(point)
+        targets = point.targets
+        if point.unfinished is not None:
+            r = point.unfinished
+            stored = self.ledger.consensus(self.run_id, r)
+            targets = None
+            report = RoundReport(r, [], {}, {})
+            if stored is not None:
+                ids, consensus = stored
+                targets = self._teach(r, ids, consensus.astype(np.float64), report)
+            self.ledger.record_targets(self.run_id, r, targets, teacher_ok=report.teacher_ok)
+            log.info("round %d: finished after the restart from its recorded consensus (teacher_ok=%s)", r, report.teacher_ok)
+        return point.next_round, targets
+
+    def _restore_teacher(self, point: ResumePoint) -> None:
+        fields: dict = {keys.RESTORE_ROUND: point.restore_round}
+        if point.gathered_ids is not None:
+            log_probs = np.log(np.clip(point.gathered_probs, 1e-12, None)).astype(np.float32)
+            fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, log_probs, dtype="float32")
+        reply = self._exchange([self._message(self.teacher.node_id, keys.MSG_RESTORE, fields)]).get(self.teacher.node_id)
+        if reply is None or reply.has_error():
+            why = reply.error.reason if reply is not None else "no reply before the timeout"
+            raise ResumeError(f"the teacher node could not restore round {point.restore_round}'s checkpoint: {why}")
+        if point.restore_round:
+            self._keep_student(reply, point.restore_round)
 
     def _drop_forgotten(self, r: int) -> None:
         """Clients an unlearning request removed are never selected again (checked at discovery and every round)."""

@@ -4,6 +4,9 @@ SQLite (embedded, durable, one file). Every accepted contribution is stored with
 wire payload, so any round's consensus can be recomputed later without the clients
 (the unlearning module relies on this). Rejected replies are recorded with their reason.
 A round's rows are written in one transaction: a crash leaves a round fully in or out.
+When the round's teaching is over, ``round_targets`` records the targets it produced for the
+next round (none when it was not aggregated): a round with that row is finished, which is what
+a restarted server resumes from (server/resume.py).
 
 Tables the unlearning module adds (server/unlearning/README.md), each written in one
 transaction with the change it records: ``clients`` (each run's per-client label counts,
@@ -43,6 +46,10 @@ CREATE TABLE IF NOT EXISTS consensus (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, rule TEXT NOT NULL,
     public_ids BLOB NOT NULL, probs BLOB NOT NULL, num_classes INTEGER NOT NULL,
     contributors TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS round_targets (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, targets BLOB, teacher_ok INTEGER NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS rejections (
@@ -211,6 +218,26 @@ class Ledger:
             return None
         ids = np.frombuffer(row[0], "<i8")
         return ids, np.frombuffer(row[1], "<f4").reshape(len(ids), row[2])
+
+    def record_targets(self, run_id: str, round_index: int, targets: bytes | None, *, teacher_ok: bool) -> None:
+        """Mark round ``round_index`` finished: ``targets`` (wire format) go to the clients next round."""
+        with write_transaction(self._db, what=f"record the targets of round {round_index} of run {run_id}", error=LedgerError) as db:
+            db.execute("INSERT OR REPLACE INTO round_targets VALUES (?, ?, ?, ?, ?)",
+                       (run_id, round_index, targets, int(teacher_ok), time.time()))
+
+    def finished_rounds(self, run_id: str) -> dict[int, tuple[bytes | None, bool]]:
+        """``{round: (targets or None, teacher_ok)}`` of every finished round of ``run_id``."""
+        rows = self._db.execute("SELECT round, targets, teacher_ok FROM round_targets WHERE run_id = ? ORDER BY round", (run_id,))
+        return {r: (None if t is None else bytes(t), bool(ok)) for r, t, ok in rows}
+
+    def recorded_rounds(self, run_id: str) -> list[int]:
+        """Rounds of ``run_id`` with any stored row: a contribution, a rejection or a consensus."""
+        rows = self._db.execute(
+            "SELECT round FROM contributions WHERE run_id = ?1 UNION SELECT round FROM rejections WHERE run_id = ?1"
+            " UNION SELECT round FROM consensus WHERE run_id = ?1 UNION SELECT round FROM tombstones WHERE run_id = ?1"
+            " ORDER BY round", (run_id,),
+        )
+        return [r for (r,) in rows]
 
     def rejections(self, run_id: str) -> list[tuple[int, str, str]]:
         return self._db.execute(

@@ -83,9 +83,10 @@ def simulate(
         run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=nodes, backend_config=backend_config
         )
-    if len(history) != config.federation.rounds:
+    last = history[-1]["round"] if history else None
+    if (len(history) != config.federation.rounds) if not config.federation.resume else (history and last != config.federation.rounds):
         raise RuntimeError(
-            f"the simulation ended after {len(history)} of {config.federation.rounds} rounds; see the log above"
+            f"the simulation ended after round {last} of {config.federation.rounds}; see the log above"
         )
     log.info("simulation finished in %.1f s", time.perf_counter() - started)
     return history

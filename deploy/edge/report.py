@@ -4,12 +4,17 @@ Measured on a dataset's global test set (the split rule of the federation, so ``
 ``test_size=500, seed=0`` is the test set of ``nebula simulate``):
 
 - size on disk of the package, and of the fp32 source weights (base model file(s) + adapter) of
-  the student and of the teacher;
-- test accuracy of the package, of the merged PyTorch student and of the teacher;
-- top-1 agreement and max |logit difference| of the package against each of the two;
+  the student and of each teacher;
+- test accuracy of the package, of the merged PyTorch student and of each teacher;
+- top-1 agreement and max |logit difference| of the package against each of them;
 - latency of one ``InferenceSession.run`` at batch 1 and batch 32 (tokenisation excluded):
   median of ``repeats`` timed runs after ``warmup`` untimed ones, with ``threads`` intra-op
   threads; the PyTorch models are timed the same way with the same thread count, for reference.
+
+Against each teacher the report states how much smaller, how accurate (share of the teacher's
+accuracy) and how much faster at batch 1 the package is, next to the targets of :data:`TARGETS`
+(the edge-export promise: >= 25x smaller than the big teacher, >= 97% of its accuracy, >= 10x lower
+batch-1 latency).
 
 The measurement functions return numbers; :func:`format_markdown` and :func:`write_report` print.
 """
@@ -27,6 +32,7 @@ from deploy.edge.package import pad_batch
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 REPORT_FILES = ("export-report.md", "export-report.json")  # written into the package, not counted in its size
+TARGETS = {"smaller_x": 25.0, "accuracy_kept": 0.97, "batch1_faster_x": 10.0}
 
 
 # --- pure measurements -------------------------------------------------------------------------
@@ -41,6 +47,20 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(1) == labels))
+
+
+def against_teacher(export: dict, teacher: dict) -> dict:
+    """How the export row compares with a teacher row: ``smaller_x`` (size ratio), ``accuracy_kept``
+    (export accuracy / teacher accuracy), ``batch1_faster_x`` (latency ratio), and ``met`` per :data:`TARGETS`
+    (None where a figure is missing, e.g. a hub teacher with no size on disk)."""
+    ratio = lambda a, b: None if a is None or b is None or b == 0 else a / b  # noqa: E731
+    figures = {
+        "smaller_x": ratio(teacher["size_mb"], export["size_mb"]),
+        "accuracy_kept": ratio(export["accuracy"], teacher["accuracy"]),
+        "batch1_faster_x": ratio(teacher["latency_b1_ms"], export["latency_b1_ms"]),
+    }
+    met = {k: None if v is None else bool(v >= TARGETS[k]) for k, v in figures.items()}
+    return {"teacher": teacher["model"], **figures, "met": met}
 
 
 def median_ms(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3) -> float:
@@ -116,7 +136,7 @@ def build_report(
     test_size: int = 500,
     seed: int = 0,
     student_adapter: str | Path | None = None,
-    teacher_adapter: str | Path | None = None,
+    teacher_adapters: Sequence[str | Path] = (),
     threads: int = 1,
     repeats: int = 20,
 ) -> dict:
@@ -131,8 +151,9 @@ def build_report(
         ``test_size`` and ``seed``, as the federation splits it).
     student_adapter : str or Path, optional
         The PyTorch reference; default: the manifest's ``source_adapter``.
-    teacher_adapter : str or Path, optional
-        A teacher adapter folder to compare with (same classes).
+    teacher_adapters : sequence of str or Path
+        Teacher adapter folders to compare with (same classes), e.g. the run's MiniLM-L6 teacher and
+        an MPNet teacher from ``nebula teach``; each row is named after its base model.
     threads : int
         onnxruntime intra-op threads and torch threads while timing.
     repeats : int
@@ -142,7 +163,8 @@ def build_report(
     -------
     dict
         JSON-ready: ``package``, ``test`` (dataset, size, share of texts outside a pruned vocabulary),
-        ``timing`` and ``rows`` (one per model: size, accuracy, agreement with the package, latency).
+        ``timing``, ``rows`` (one per model: size, accuracy, agreement with the package, latency) and
+        ``against_teachers`` (:func:`against_teacher` for each teacher row).
     """
     from common.data import load_dataset, split_dataset
     from deploy.edge.errors import ExportError
@@ -166,8 +188,8 @@ def build_report(
         "latency_b1_ms": onnx_latency[1], "latency_b32_ms": onnx_latency[32],
     }]
     references = [("student fp32 (PyTorch, merged)", str(student_adapter or manifest.source_adapter))]
-    if teacher_adapter:
-        references.append(("teacher fp32 (PyTorch, merged)", str(teacher_adapter)))
+    for adapter in teacher_adapters:
+        references.append((f"teacher {_base_name(adapter)} fp32 (PyTorch, merged)", str(adapter)))
     for name, adapter in references:
         side = _torch_side(adapter, texts, max_length=manifest.max_length, threads=threads, repeats=repeats)
         if side["logits"].shape != logits.shape:
@@ -185,7 +207,16 @@ def build_report(
         "timing": {"threads": threads, "repeats": repeats, "warmup": 3,
                    "what": "one session.run / forward, tokenisation excluded; batch 1 = median-length text"},
         "rows": rows,
+        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
     }
+
+
+def _base_name(adapter_dir: str | Path) -> str:
+    """Short name of an adapter's base model: the builtin's or the folder's name, or the hub id."""
+    from deploy.edge.merge import read_adapter_config
+
+    name = str(read_adapter_config(Path(adapter_dir)).get("base_model_name_or_path") or "?")
+    return Path(name).name if Path(name).is_absolute() else name
 
 
 # --- printing ----------------------------------------------------------------------------------
@@ -209,6 +240,19 @@ def format_markdown(report: dict) -> str:
             f"| {r['model']} | {fmt(r['size_mb'], '.1f')} | {100 * r['accuracy']:.1f}% | {100 * r['top1_agreement']:.1f}% "
             f"| {r['max_abs_logit_diff']:.4f} | {r['latency_b1_ms']:.2f} | {r['latency_b32_ms']:.1f} |"
         )
+    if report.get("against_teachers"):
+        t = TARGETS
+        lines += [
+            "",
+            f"| export against | smaller (target >= {t['smaller_x']:g}x) | accuracy kept (target >= {100 * t['accuracy_kept']:g}%) "
+            f"| batch-1 faster (target >= {t['batch1_faster_x']:g}x) |",
+            "|---|---:|---:|---:|",
+        ]
+        for a in report["against_teachers"]:
+            cell = lambda key, spec, unit: "-" if a[key] is None else (  # noqa: E731
+                f"{format(a[key] * (100 if unit == '%' else 1), spec)}{unit} ({'met' if a['met'][key] else 'not met'})")
+            lines.append(f"| {a['teacher']} | {cell('smaller_x', '.1f', 'x')} | {cell('accuracy_kept', '.1f', '%')} "
+                         f"| {cell('batch1_faster_x', '.1f', 'x')} |")
     return "\n".join(lines)
 
 

@@ -13,26 +13,9 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from common.assets import resolve_model
-from common.presets import preset_config
 from server.ledger import Ledger
-from simulation.engine import simulate
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = preset_config(
-        "smoke",
-        {
-            "federation.output_dir": str(out),
-            "model.student_overrides": "1:minilm-l6",
-            "federation.faults": "2:nan",
-        },
-    )
-    history = simulate(config)
-    return config, out, history
 
 
 def test_all_rounds_complete_without_the_malformed_client(finished_run, caplog):

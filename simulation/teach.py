@@ -1,0 +1,104 @@
+"""Teach a teacher of another base model offline, from a finished run's consensus in its ledger.
+
+What a teacher node running ``base`` would have learnt from the same federation, without running
+the federation again: the consensus targets of every round the ledger holds (a re-sent public
+input keeps its latest target, as :func:`client.teacher_step.merge_consensus` gathers them), ``epochs``
+passes of the teacher's own fit (KL at the run's temperature, the run's teacher learning rate and
+batch), then accuracy on the run's global test set and the adapter saved where
+``PeftModel.from_pretrained`` loads it. Used to compare an export with a bigger teacher (the
+fp32 MPNet teacher of ``nebula export --report``) than the one the run trained.
+
+It differs from the run's own teacher in one way, stated in its result: the teacher fits every
+gathered target ``epochs`` times in one go, where the run's teacher fitted each round's gathered
+targets once a round (early targets more often).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.exceptions import LedgerError
+from server.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class TeachReport:
+    run_id: str
+    base: str
+    targets: int  # public inputs with a consensus target
+    target_agreement: float | None  # share of targets whose argmax is the input's true label (None: unknown)
+    epochs: int
+    steps: int
+    test_accuracy: float
+    test_size: int
+    seconds: float
+    adapter: str
+
+
+def gathered_consensus(ledger: Ledger, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids (M,), probs (M, C))``: every round's consensus of ``run_id``, a re-sent id keeping its latest target."""
+    from client.teacher_step import merge_consensus, teacher_targets
+
+    ids: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    for r in ledger.consensus_round_indices(run_id):
+        round_ids, consensus = ledger.consensus(run_id, r)
+        ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+    if ids is None or probs is None:
+        raise LedgerError(f"run {run_id} in {ledger.path} has no aggregated round: nothing to teach from")
+    return ids, probs
+
+
+def teach_from_run(
+    run_folder: str | Path, *, base: str, out: str | Path, epochs: int = 2,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TeachReport:
+    """Train a fresh ``base`` + LoRA teacher on the consensus of the last run in ``run_folder/ledger.sqlite``.
+
+    ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress).
+    """
+    from client.edge import learner_for
+    from common.federation_data import build_federation_data
+    from common.models import load_trainable_state, save_adapter
+    from common.training import accuracy, encode, fit, predict_logits
+    from server.unlearning.models import run_of
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    path = Path(run_folder) / "ledger.sqlite"
+    if not path.is_file():
+        raise LedgerError(f"{run_folder}: no ledger.sqlite (the folder of a finished run is needed)")
+    ledger = Ledger(path)
+    try:
+        run = run_of(ledger, Path(run_folder))
+        ids, probs = gathered_consensus(ledger, run.run_id)
+    finally:
+        ledger.close()
+    config, t0 = run.config, time.perf_counter()
+    data = build_federation_data(config.data)
+    teacher = learner_for(config, base, data.num_classes)
+    load_trainable_state(teacher.model, teacher.init_state)
+    cfg, max_len = config.train, config.data.max_length
+    total = epochs * -(-len(ids) // cfg.batch_size)
+    result = fit(
+        teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len), targets=probs,
+        epochs=epochs, temperature=cfg.temperature, lr=cfg.teacher_lr, batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size, seed=config.data.seed,
+        on_step=None if on_step is None else (lambda step, loss: on_step(step, total, loss)),
+    )
+    test_logits = predict_logits(teacher.model, encode(teacher.tokenizer, data.texts(data.test), max_length=max_len))
+    adapter = save_adapter(teacher, out)
+    true = data.labels(data.public[ids])
+    report = TeachReport(
+        run_id=run.run_id, base=base, targets=int(len(ids)), target_agreement=float(np.mean(probs.argmax(1) == true)),
+        epochs=epochs, steps=result.steps, test_accuracy=accuracy(test_logits, data.labels(data.test)),
+        test_size=int(len(data.test)), seconds=time.perf_counter() - t0, adapter=str(adapter),
+    )
+    (Path(out) / "teach-report.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    return report
