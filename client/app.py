@@ -7,10 +7,15 @@ reply naming what was wrong; the node keeps running.
 torch and the training roles are imported when a training node first needs them, not at
 import: every node of a deployment runs this app (the run's FAB names it), and an
 inference node (:mod:`client.inference`) may be a device without torch.
+
+A node with ``worker-socket`` in its node config forwards every message to its long-lived
+local worker (:mod:`client.worker`), which runs these same handlers with torch and the models
+already loaded; without a worker answering there, the message is handled here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client import inference
+from client import inference, worker
 from client.faults import corrupt, parse_faults
 from client.messages import describe_reply, guarded, ok_reply, read_request
 from client.node import NodeIdentity
@@ -26,6 +31,23 @@ from common import keys
 from common.config import NebulaConfig
 
 app = ClientApp()
+log = logging.getLogger(__name__)
+
+
+def forwarded(handler):
+    """Send the message to the node's worker when it has one (see the module docstring)."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        socket_path = worker.worker_socket(context)
+        if socket_path:
+            try:
+                return worker.forward(msg, context, socket_path)
+            except worker.WorkerUnavailable as exc:
+                log.warning("%s; handling %s in the ClientApp", exc, msg.metadata.message_type)
+        return handler(msg, context)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
 
 
 def _setup(msg: Message, context: Context) -> tuple[NebulaConfig, NodeIdentity, ConfigRecord]:
@@ -53,6 +75,7 @@ def _worker(config: NebulaConfig, node: NodeIdentity, context: Context):
 
 @app.query("describe")
 @guarded
+@forwarded
 def describe(msg: Message, context: Context) -> Message:
     config, node, rec = _setup(msg, context)
     if node.role == keys.ROLE_INFERENCE:
@@ -62,6 +85,7 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train("round")
 @guarded
+@forwarded
 def train_round(msg: Message, context: Context) -> Message:
     config, node, rec = _setup(msg, context)
     if node.role == keys.ROLE_INFERENCE:
@@ -105,6 +129,7 @@ def _with_student(reply: Message, student_state) -> Message:
 
 @app.train("teach")
 @guarded
+@forwarded
 def teach(msg: Message, context: Context) -> Message:
     teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_TEACH)
     refined, metrics, student_state = teacher.teach(round_index=int(rec[keys.ROUND_INDEX]), consensus=rec[keys.CONSENSUS_BLOB], output_dir=out)
@@ -113,6 +138,7 @@ def teach(msg: Message, context: Context) -> Message:
 
 @app.train("restore")
 @guarded
+@forwarded
 def restore(msg: Message, context: Context) -> Message:
     """After a server restart (server/resume.py): the teacher loads a checkpoint and sends the global student back."""
     teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_RESTORE)
@@ -122,6 +148,7 @@ def restore(msg: Message, context: Context) -> Message:
 
 @app.query("finish")
 @guarded
+@forwarded
 def finish(msg: Message, context: Context) -> Message:
     """Save this node's adapters where PeftModel.from_pretrained loads them."""
     config, node, rec = _setup(msg, context)
@@ -134,3 +161,11 @@ def finish(msg: Message, context: Context) -> Message:
     else:
         worker.save(out / "clients" / node.client_id / "adapter")
     return ok_reply(msg, {keys.CLIENT_ID: node.client_id})
+
+
+def handlers() -> dict:
+    """Message type -> handler, as registered above (what the worker runs for a forwarded message)."""
+    return {
+        keys.MSG_DESCRIBE: describe, keys.MSG_ROUND: train_round, keys.MSG_TEACH: teach,
+        keys.MSG_RESTORE: restore, keys.MSG_FINISH: finish,
+    }

@@ -52,3 +52,4 @@ NODE_NUM_PARTITIONS = "num-partitions"
 NODE_ROLE = "role"
 NODE_CLIENT_ID = "client-id"
 NODE_EXPORT_DIR = "export-dir"  # export folder of an inference-only node (role='inference')
+NODE_WORKER_SOCKET = "worker-socket"  # Unix socket of the node's long-lived local worker (client/worker.py)

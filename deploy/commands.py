@@ -30,6 +30,9 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set federation.rounds=1 (repeatable)")
     p.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet, Control and Runtime APIs; default 9093, 0: free)")
+    p.add_argument("--workers", action="store_true",
+                   help="start a long-lived local worker beside each SuperNode (client/worker.py): no torch import or "
+                        "model load per message")
     p.add_argument("--wait", action="store_true", help="wait for the run to finish, print its rounds, then stop everything")
     p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: seconds to wait for the run (default 3600)")
     p.set_defaults(func=_up)
@@ -61,7 +64,7 @@ def _up(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         fed, run_id = start_federation(args.run_dir, material, teacher=args.teacher, clients=clients, preset=args.preset,
-                                       overrides=overrides, port=args.port)
+                                       overrides=overrides, port=args.port, workers=args.workers)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -61,7 +61,9 @@ class NodeSpec:
     """One SuperNode: its registered name, role and data partition.
 
     ``key`` is its private authentication key (default: ``supernodes/NAME.key`` of the material);
-    ``registered=False`` starts it without registering its public key (the SuperLink refuses it).
+    ``registered=False`` starts it without registering its public key (the SuperLink refuses it);
+    ``worker=True`` starts a long-lived local worker beside it (:mod:`client.worker`) and names its
+    socket in the node config, so its messages are computed without a process start each.
     """
 
     name: str
@@ -70,10 +72,13 @@ class NodeSpec:
     num_partitions: int = 1
     key: Path | None = None
     registered: bool = True
+    worker: bool = False
 
     def node_config(self, output_dir: Path) -> str:
         """``--node-config`` text: what client/node.py reads (strings quoted, as Flower wants)."""
         values = {keys.NODE_ROLE: self.role, keys.NODE_CLIENT_ID: self.name, "output-dir": str(output_dir)}
+        if self.worker:
+            values[keys.NODE_WORKER_SOCKET] = str(worker_socket_path(output_dir))
         bad = [f"{k}={v!r}" for k, v in values.items() if "'" in v or "=" in v]
         if bad:
             raise DeployError(f"node {self.name}: node config values may not hold quotes or '=': {', '.join(bad)}")
@@ -81,10 +86,16 @@ class NodeSpec:
         return f"{keys.NODE_PARTITION}={self.partition} {keys.NODE_NUM_PARTITIONS}={self.num_partitions} {quoted}"
 
 
-def federation_nodes(teacher: str, clients: Sequence[str]) -> list[NodeSpec]:
+def worker_socket_path(node_dir: Path) -> Path:
+    return Path(node_dir) / "worker.sock"
+
+
+def federation_nodes(teacher: str, clients: Sequence[str], *, workers: bool = False) -> list[NodeSpec]:
     """The teacher (partition ``len(clients)``, as the server expects) and clients 0..n-1."""
     n = len(clients)
-    return [NodeSpec(teacher, keys.ROLE_TEACHER, n, n)] + [NodeSpec(c, keys.ROLE_CLIENT, i, n) for i, c in enumerate(clients)]
+    return [NodeSpec(teacher, keys.ROLE_TEACHER, n, n, worker=workers)] + [
+        NodeSpec(c, keys.ROLE_CLIENT, i, n, worker=workers) for i, c in enumerate(clients)
+    ]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -205,6 +216,8 @@ class LocalFederation:
     def start_supernode(self, spec: NodeSpec, *, port: int = 0) -> Started:
         """Register ``spec``'s public key (unless ``registered=False``) and start its SuperNode."""
         key = spec.key or self.material.supernode_keys[spec.name]
+        if spec.worker:
+            self.start_worker(spec.name)
         if spec.registered:
             self.register(spec.name, self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub"))
         argv = [
@@ -214,6 +227,22 @@ class LocalFederation:
             "--host", self.host, "--port", str(port or free_port(self.host)),
         ]
         return self._started(spawn(spec.name, argv, env=self.env(), log_path=self.log_path(spec.name), cwd=self.run_dir))
+
+    def start_worker(self, name: str, *, timeout: float = 120.0) -> Started:
+        """Start node ``name``'s long-lived worker (``nebula worker``) and wait until its socket is up."""
+        sock = worker_socket_path(self.node_dir(name))
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (sock, Path(f"{sock}.key")):
+            stale.unlink(missing_ok=True)
+        proc = self._started(spawn(f"{name}-worker", [self._bin("nebula"), "worker", "--socket", str(sock)], env=self.env(),
+                                   log_path=self.log_path(f"{name}-worker"), cwd=self.run_dir))
+        deadline = time.monotonic() + timeout
+        while not (sock.exists() and Path(f"{sock}.key").exists()):
+            self._check_alive(proc, f"worker of {name}")
+            if time.monotonic() > deadline:
+                raise DeployError(f"worker of {name} not listening on {sock} after {timeout:.0f} s; see {proc.log}")
+            time.sleep(0.2)
+        return proc
 
     def wait_online(self, names: Sequence[str], *, timeout: float = 90.0) -> None:
         """Until every named (registered) SuperNode is online; raises naming the ones that are not."""
@@ -296,7 +325,7 @@ class LocalFederation:
 
 def start_federation(
     run_dir: str | Path, material: DeploymentMaterial, *, teacher: str, clients: Sequence[str], preset: str = "quick",
-    overrides: Mapping[str, object] | None = None, port: int = 0,
+    overrides: Mapping[str, object] | None = None, port: int = 0, workers: bool = False,
 ) -> tuple[LocalFederation, int]:
     """SuperLink, the registered teacher and client SuperNodes, the run submitted: ``(federation, run id)``.
 
@@ -306,7 +335,7 @@ def start_federation(
     fed = LocalFederation(run_dir, material)
     try:
         fed.start_superlink(port=port)
-        nodes = federation_nodes(teacher, clients)
+        nodes = federation_nodes(teacher, clients, workers=workers)
         for spec in nodes:
             fed.start_supernode(spec)
         fed.wait_online([n.name for n in nodes])

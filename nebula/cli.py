@@ -144,6 +144,17 @@ def _teach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from client.worker import serve
+
+    try:
+        serve(args.socket)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from deploy.edge.errors import ExportError
     from deploy.edge.runtime import EdgePredictor
@@ -224,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="passes over every gathered consensus target (default 2)")
     p.add_argument("--progress-every", type=int, default=20, help="print a progress line every n steps (default 20)")
     p.set_defaults(func=_teach)
+
+    text = "run a node's long-lived local worker: its ClientApp forwards every message here (node config worker-socket)"
+    p = sub.add_parser("worker", help=text, description=text)
+    p.add_argument("--socket", required=True, help="Unix socket path (the node config's worker-socket); a key file goes beside it")
+    p.set_defaults(func=_worker)
 
     text = "classify texts with an export package (onnxruntime only): label and class probabilities per line"
     p = sub.add_parser("predict", help=text, description=text)

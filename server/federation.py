@@ -33,6 +33,7 @@ from common.config import NebulaConfig
 from common.wire import encode_logits
 from server.aggregation import get_rule
 from server.consensus import round_consensus
+from server.exchange import send_and_receive
 from server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable
 from server.ledger import Contribution, Ledger
 from server.metrics_log import MetricsLog
@@ -125,7 +126,7 @@ class Federation:
         SuperLink's node id, not the node's, so replies are matched to requests by id, and
         by sender where a grid sets no ids.
         """
-        replies = self.grid.send_and_receive(messages, timeout=self.config.federation.reply_timeout)
+        replies = send_and_receive(self.grid, messages, timeout=self.config.federation.reply_timeout)
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
         return {sent_to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id): r for r in replies}
 

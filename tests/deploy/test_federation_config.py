@@ -40,6 +40,21 @@ def test_node_config_text_reaches_node_identity(tmp_path):
         assert node_config["output-dir"] == str(tmp_path / spec.name)
 
 
+def test_a_node_with_a_worker_names_its_socket(tmp_path):
+    from flwr.app import Context, RecordDict
+    from flwr.common.config import parse_config_args
+
+    from client.worker import worker_socket
+
+    nodes = federation_nodes("teacher0", ["c0"], workers=True)
+    assert all(n.worker for n in nodes)
+    node_config = parse_config_args([nodes[1].node_config(tmp_path / "c0")])
+    context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+    assert worker_socket(context) == str(tmp_path / "c0" / "worker.sock")
+    plain = parse_config_args([federation_nodes("t", ["c0"])[1].node_config(tmp_path / "c0")])
+    assert worker_socket(Context(run_id=1, node_id=7, node_config=plain, state=RecordDict(), run_config={})) is None
+
+
 def test_node_config_refuses_quotes():
     with pytest.raises(DeployError, match="quotes"):
         NodeSpec("n0").node_config("/tmp/it's")

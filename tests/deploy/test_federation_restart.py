@@ -1,7 +1,7 @@
 """A restart of the server side on Flower's deployment engine, on loopback (issue 4's second fault test).
 
 A SuperLink (TLS, SuperNode authentication, state database), a teacher node and two client
-nodes run the smoke preset for 3 rounds. Once round 1 is finished, the SuperLink is SIGKILLed with
+nodes, each with its long-lived local worker (client/worker.py), run the smoke preset for 3 rounds. Once round 1 is finished, the SuperLink is SIGKILLed with
 everything it started (its SuperExec and the ServerApp process), in the middle of round 2. A new
 SuperLink starts on the same port and database; the SuperNodes reconnect by themselves, and the
 run is submitted again with ``federation.resume=true``: it must finish rounds 2 and 3 under the
@@ -51,7 +51,7 @@ def restarted(tmp_path_factory):
     root = tmp_path_factory.mktemp("restart")
     material = write_deployment_material(root / "certs", nodes=["teacher0", "client0", "client1"])
     fed, first_run = start_federation(root / "run", material, teacher="teacher0", clients=["client0", "client1"],
-                                      preset="smoke", overrides=OVERRIDES)
+                                      preset="smoke", overrides=OVERRIDES, workers=True)
     result: dict = {"fed": fed, "first_run": first_run}
     try:
         deadline = time.monotonic() + 600
@@ -99,6 +99,13 @@ def test_every_contribution_from_before_the_restart_is_kept(restarted):
     before, after = restarted["rows_before"], restarted["rows_after"]
     assert before and all(row in after for row in before)
     assert sorted({(r, cid) for r, cid, *_ in after}) == [(r, c) for r in (1, 2, 3) for c in ("client0", "client1")]
+
+
+def test_the_workers_computed_the_messages(restarted):
+    fed = restarted["fed"]
+    for name in ("teacher0", "client0", "client1"):
+        handled = fed.log_path(f"{name}-worker").read_text().count("handled a message")
+        assert handled >= 4, (name, handled)  # describe x2, rounds or teach steps, finish
 
 
 def test_everything_stopped_by_process_id(restarted):

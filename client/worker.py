@@ -1,0 +1,143 @@
+"""A long-lived local worker beside a SuperNode: the training roles without a process start per message.
+
+Flower starts a fresh ``flwr-clientapp`` process for every message, and each one would import
+torch, transformers and PEFT (about 8 s here) and load its models again. A node started with
+``worker-socket='PATH'`` in its node config has its ClientApp (:mod:`client.app`) forward each
+message, with the node's context, over a Unix socket to this process (``nebula worker --socket
+PATH``), which keeps the imports and the models loaded and runs the very same handlers. The reply
+and the updated context state go back to Flower as if the ClientApp had computed them: the state
+stays Flower's (the context travels both ways), so restarting a worker loses warm caches only.
+
+If the socket is absent or refuses the connection, the ClientApp logs it and handles the message
+itself, as without a worker. A worker that fails during a request gives an error reply naming it.
+
+Protocol: ``multiprocessing.connection`` over AF_UNIX with its HMAC challenge on a random key written
+next to the socket (``PATH.key``, mode 0600: only the node's user can talk to the worker). One request
+per connection, as raw byte frames (``send_bytes``: nothing is unpickled): the message and the context
+as Flower's own protobuf serialization; the answer ``ok``, the reply, the context state, or ``error``
+and a text naming what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
+
+from flwr.app import Context, Message
+
+from common import keys
+
+log = logging.getLogger(__name__)
+
+OK, ERROR = b"ok", b"error"
+MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+_IN_WORKER = False  # set in the worker process: its handlers run the message themselves
+
+
+class WorkerUnavailable(ConnectionError):
+    """No worker answers on the socket: the ClientApp handles the message itself."""
+
+
+def key_path(socket_path: str | Path) -> Path:
+    return Path(f"{socket_path}.key")
+
+
+def worker_socket(context: Context) -> str | None:
+    """The worker socket this node's messages go to, or None (handle them in the ClientApp)."""
+    if _IN_WORKER:
+        return None
+    value = context.node_config.get(keys.NODE_WORKER_SOCKET)
+    return str(value) if value else None
+
+
+def forward(msg: Message, context: Context, socket_path: str) -> Message:
+    """Have the worker at ``socket_path`` handle ``msg``; updates ``context.state`` in place; the reply."""
+    from flwr.common.serde import context_to_proto, message_from_proto, message_to_proto, recorddict_from_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+    from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+
+    try:
+        authkey = key_path(socket_path).read_bytes()
+        conn = Client(socket_path, family="AF_UNIX", authkey=authkey)
+    except (OSError, EOFError) as exc:
+        raise WorkerUnavailable(f"no worker on {socket_path}: {exc}") from exc
+    except AuthenticationError as exc:  # a misconfigured node, not a missing worker: say so, do not fall back
+        raise RuntimeError(f"the worker on {socket_path} refused the key in {key_path(socket_path)}: {exc}") from exc
+    with conn:
+        conn.send_bytes(message_to_proto(msg).SerializeToString())
+        conn.send_bytes(context_to_proto(context).SerializeToString())
+        status = conn.recv_bytes()
+        if status != OK:
+            raise RuntimeError(f"worker on {socket_path}: {conn.recv_bytes().decode(errors='replace')}")
+        reply_bytes, state_bytes = conn.recv_bytes(), conn.recv_bytes()
+    context.state = recorddict_from_proto(ProtoRecordDict.FromString(state_bytes))
+    return message_from_proto(ProtoMessage.FromString(reply_bytes))
+
+
+def _handle(message_bytes: bytes, context_bytes: bytes) -> tuple[bytes, bytes]:
+    from flwr.common.serde import context_from_proto, message_from_proto, message_to_proto, recorddict_to_proto
+    from flwr.proto.message_pb2 import Context as ProtoContext
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+
+    from client import app
+
+    handlers = app.handlers()
+    msg = message_from_proto(ProtoMessage.FromString(message_bytes))
+    context = context_from_proto(ProtoContext.FromString(context_bytes))
+    handler = handlers.get(msg.metadata.message_type)
+    if handler is None:
+        raise ValueError(f"no handler for message type {msg.metadata.message_type!r}; known: {', '.join(sorted(handlers))}")
+    reply = handler(msg, context)
+    return message_to_proto(reply).SerializeToString(), recorddict_to_proto(context.state).SerializeToString()
+
+
+def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
+    """Answer forwarded messages on ``socket_path`` until killed (or after ``max_requests``)."""
+    global _IN_WORKER
+    path = Path(socket_path)
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise ValueError(f"worker socket path {path} is {len(str(path))} characters; AF_UNIX allows about {MAX_SOCKET_PATH}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()  # a stale socket of an earlier worker
+    t0 = time.perf_counter()
+    import torch  # noqa: F401  - the point of the worker: imported once, not per message
+    import transformers  # noqa: F401
+    import peft  # noqa: F401
+
+    _IN_WORKER = True
+    key = key_path(path)
+    authkey = secrets.token_bytes(32)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(authkey)
+    log.info("worker ready on %s (imports %.1f s)", path, time.perf_counter() - t0)
+    served = 0
+    with Listener(str(path), family="AF_UNIX", authkey=authkey) as listener:
+        while max_requests is None or served < max_requests:
+            try:
+                conn = listener.accept()
+            except (OSError, EOFError, AuthenticationError) as exc:  # a client that failed the challenge
+                log.warning("refused a connection on %s: %s", path, exc)
+                continue
+            with conn:
+                started = time.perf_counter()
+                try:
+                    message_bytes, context_bytes = conn.recv_bytes(), conn.recv_bytes()
+                    reply, state = _handle(message_bytes, context_bytes)
+                    log.info("handled a message in %.1f s", time.perf_counter() - started)
+                    for part in (OK, reply, state):
+                        conn.send_bytes(part)
+                except Exception as exc:  # noqa: BLE001 - the node must survive any request
+                    log.exception("request failed")
+                    try:
+                        conn.send_bytes(ERROR)
+                        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
+                    except OSError:
+                        pass
+            served += 1
