@@ -142,7 +142,10 @@ def teach(msg: Message, context: Context) -> Message:
 def restore(msg: Message, context: Context) -> Message:
     """After a server restart (server/resume.py): the teacher loads a checkpoint and sends the global student back."""
     teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_RESTORE)
-    student_state = teacher.restore(round_index=int(rec[keys.RESTORE_ROUND]), gathered=rec.get(keys.GATHERED_BLOB), output_dir=out)
+    student_state = teacher.restore(
+        round_index=int(rec[keys.RESTORE_ROUND]), gathered=rec.get(keys.GATHERED_BLOB), output_dir=out,
+        states_dir=str(rec.get(keys.RESTORE_DIR, "")), keep=bool(rec.get(keys.RESTORE_KEEP, False)),
+    )
     return _with_student(ok_reply(msg, {keys.CLIENT_ID: node.client_id}), student_state)
 
 

@@ -83,16 +83,25 @@ class TeacherNode:
         student_state = trainable_state(self.student.model)
         return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics, student_state
 
-    def restore(self, *, round_index: int, gathered: bytes | None, output_dir: Path) -> dict[str, torch.Tensor]:
-        """After a server restart: load round ``round_index``'s checkpoint (0: the initial states) and the
-        consensus gathered up to it (wire-format log-probabilities); returns the global student's state."""
-        states = {"teacher": self.teacher.init_state, "student": self.student.init_state}
-        if round_index:
+    def restore(
+        self, *, round_index: int, gathered: bytes | None, output_dir: Path, states_dir: str = "", keep: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """After a server restart or an unlearning request: load round ``round_index``'s checkpoint (0: the
+        initial states), or the states in ``output_dir / states_dir`` (an unlearning request's), or keep the
+        current ones (``keep``), and the consensus gathered so far (wire-format log-probabilities, replacing
+        what this node had gathered); returns the global student's state."""
+        current = {"teacher": trainable_state(self.teacher.model), "student": trainable_state(self.student.model)}
+        states = current if keep else {"teacher": self.teacher.init_state, "student": self.student.init_state}
+        folder = None
+        if states_dir and not keep:
+            folder = output_dir / states_dir
+        elif round_index and not keep:
             folder = output_dir / "checkpoints" / f"round-{round_index:03d}"
+        if folder is not None:
             for name in states:
                 path = folder / f"{name}.pt"
                 if not path.is_file():
-                    raise FileNotFoundError(f"no checkpoint {path} on this teacher node to resume round {round_index} from")
+                    raise FileNotFoundError(f"no model state {path} on this teacher node to restore")
                 states[name] = torch.load(path, map_location="cpu", weights_only=True)
         load_trainable_state(self.teacher.model, states["teacher"])
         load_trainable_state(self.student.model, states["student"])

@@ -150,6 +150,12 @@ class FederationConfig:
         "continue the last run in output_dir's ledger after a restart: finished rounds are kept, the teacher restores "
         "its last checkpoint (server/resume.py); the other settings must be the run's own",
     )
+    unlearn_key: str = _opt(
+        "",
+        "the server's Ed25519 signing key (PEM) for unlearning certificates: with it, this run carries out the "
+        "unlearning requests stored in its ledger between rounds and the teacher node restores the unlearned "
+        "states (nebula unlearn serve leaves them to the live run)",
+    )
     faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
     inference_clients: str = _opt(
         "",

@@ -27,6 +27,8 @@ OUTPUT_DIR = "output-dir"
 STUDENT_MODEL = "student-model"  # base model the global student state belongs to
 CLASS_COUNTS = "class-counts"  # list[int]: the federation's label counts (sum over clients), for logit adjustment
 RESTORE_ROUND = "restore-round"  # int: the checkpoint round the teacher restores (0: its initial state)
+RESTORE_DIR = "restore-dir"  # str: load the states from this folder (relative to the output dir) instead of a checkpoint
+RESTORE_KEEP = "restore-keep"  # bool: keep the current states, replace only the gathered consensus
 GATHERED_BLOB = "gathered"  # wire-format log-probabilities of the consensus gathered up to RESTORE_ROUND (may be absent)
 
 # Fields of the REPLY record.

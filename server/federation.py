@@ -34,11 +34,11 @@ from common.wire import encode_logits
 from server.aggregation import get_rule
 from server.consensus import round_consensus
 from server.exchange import send_and_receive
-from server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable
+from server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable, UnlearningError
 from server.ledger import Contribution, Ledger
 from server.metrics_log import MetricsLog
 from server.replies import NodeInfo, parse_describe, read_logits, reply_metrics
-from server.resume import ResumePoint, resume_point
+from server.resume import ResumePoint, gathered_consensus as resume_point_gathered, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,13 @@ class Federation:
         return (np.arange((round_index - 1) * k, round_index * k) % pool).astype(np.int64)
 
     def run(self) -> list[dict]:
+        if self.config.federation.unlearn_key:
+            self._unlearning()  # a missing or unreadable key fails here, before any node is asked
         self.discover()
         first, targets = self._resume() if self.config.federation.resume else (1, None)
         history = []
         for r in range(first, self.config.federation.rounds + 1):
+            self._between_rounds(r)
             report, targets = self.run_round(r, targets)
             summary = report.summary()
             self.metrics.append({"run_id": self.run_id, **summary})
@@ -254,7 +257,11 @@ class Federation:
         point = resume_point(self.ledger, self.config.to_flat())
         self.run_id = point.run_id
         log.info("resuming run %s at round %d (teacher restores round %d)", point.run_id, point.next_round, point.restore_round)
-        self._restore_teacher(point)
+        checkpoint = self.out / "checkpoints" / f"round-{point.restore_round:03d}" / "teacher.pt"
+        states_dir = self._unlearned_states_dir(newer_than=checkpoint if point.restore_round else None)
+        if states_dir:
+            log.warning("resuming from the models unlearning left in %s (newer than the last checkpoint)", states_dir)
+        self._restore_teacher(point, states_dir=states_dir)
         targets = point.targets
         if point.unfinished is not None:
             r = point.unfinished
@@ -268,8 +275,10 @@ class Federation:
             log.info("round %d: finished after the restart from its recorded consensus (teacher_ok=%s)", r, report.teacher_ok)
         return point.next_round, targets
 
-    def _restore_teacher(self, point: ResumePoint) -> None:
-        fields: dict = {keys.RESTORE_ROUND: point.restore_round}
+    def _restore_teacher(self, point: ResumePoint, *, states_dir: str = "", keep_states: bool = False) -> None:
+        """The teacher restores round ``point.restore_round``'s checkpoint (or the states in ``states_dir``,
+        relative to the output folder, or keeps its own) and ``point``'s gathered consensus."""
+        fields: dict = {keys.RESTORE_ROUND: point.restore_round, keys.RESTORE_DIR: states_dir, keys.RESTORE_KEEP: keep_states}
         if point.gathered_ids is not None:
             log_probs = np.log(np.clip(point.gathered_probs, 1e-12, None)).astype(np.float32)
             fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, log_probs, dtype="float32")
@@ -277,7 +286,7 @@ class Federation:
         if reply is None or reply.has_error():
             why = reply.error.reason if reply is not None else "no reply before the timeout"
             raise ResumeError(f"the teacher node could not restore round {point.restore_round}'s checkpoint: {why}")
-        if point.restore_round:
+        if point.restore_round or states_dir:
             self._keep_student(reply, point.restore_round)
 
     def _drop_forgotten(self, r: int) -> None:
@@ -325,7 +334,64 @@ class Federation:
             return
         self.student_state = state
 
+    # -- unlearning between rounds (server/unlearning/, federation.unlearn_key) ------------
+    def _between_rounds(self, r: int) -> None:
+        """With ``federation.unlearn_key``: renew this run's live lease and carry out the stored unlearning
+        requests; after any of them the teacher reloads the cleaned consensus and the unlearned states."""
+        if not self.config.federation.unlearn_key:
+            return
+        fed = self.config.federation
+        self.ledger.mark_live(self.run_id, for_seconds=3 * fed.reply_timeout + 600)
+        done = self._unlearning().run_pending()
+        for request in done:
+            log.warning("before round %d: unlearning request %s (%s, client %s) %s%s", r, request.request_id, request.mode,
+                        request.client_id, request.status, f": {request.error}" if request.error else "")
+        if any(request.status == "done" for request in done):
+            self._restore_after_unlearning(r)
+
+    def _unlearning(self):
+        if getattr(self, "_executor", None) is None:
+            from server.unlearning.crypto import load_private_key
+            from server.unlearning.executor import Executor
+            from server.unlearning.requests import RequestStore
+
+            key_path = self.config.federation.unlearn_key
+            try:
+                key = load_private_key(key_path)
+            except (OSError, ValueError, TypeError) as exc:
+                raise UnlearningError(f"federation.unlearn_key {key_path}: {exc}") from exc
+            path = self.out / "ledger.sqlite"
+            self._executor = Executor(ledger=Ledger(path), store=RequestStore(path), run_dir=self.out, signing_key=key,
+                                      certificates_dir=self.out / "certificates")
+        return self._executor
+
+    def _restore_after_unlearning(self, r: int) -> None:
+        """The teacher takes the models unlearning left current (if a model mode ran) and the consensus as the
+        ledger now holds it, for every round taught so far; the global student comes back to the server."""
+        finished = [k for k, (_, ok) in self.ledger.finished_rounds(self.run_id).items() if ok and k < r]
+        gathered = resume_point_gathered(self.ledger, self.run_id, up_to=max(finished, default=0))
+        states_dir = self._unlearned_states_dir()
+        point = ResumePoint(self.run_id, r, None, max(finished, default=0), *gathered, None)
+        self._restore_teacher(point, states_dir=states_dir, keep_states=not states_dir)
+
+    def _unlearned_states_dir(self, *, newer_than: Path | None = None) -> str:
+        """``unlearning/<request id>`` when an unlearning request of this run left its models current (and they
+        are newer than ``newer_than``), else ""."""
+        from server.unlearning.models import CURRENT, MANIFEST
+
+        pointer = self.out / "unlearning" / CURRENT
+        if not pointer.is_file():
+            return ""
+        folder = self.out / "unlearning" / pointer.read_text(encoding="utf-8").strip()
+        manifest = folder / MANIFEST
+        if not manifest.is_file() or (newer_than is not None and newer_than.is_file()
+                                      and newer_than.stat().st_mtime_ns >= manifest.stat().st_mtime_ns):
+            return ""
+        return folder.relative_to(self.out).as_posix()
+
     def finish(self) -> None:
+        if self.config.federation.unlearn_key:
+            self.ledger.clear_live(self.run_id)
         nodes = list(self.clients) + [self.teacher.node_id]
         replies = self._exchange([self._message(n, keys.MSG_FINISH, {}) for n in nodes])
         for n in nodes:

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS round_targets (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, targets BLOB, teacher_ok INTEGER NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (run_id, round)
 );
+CREATE TABLE IF NOT EXISTS live_runs (
+    run_id TEXT PRIMARY KEY, expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, node_id TEXT NOT NULL,
@@ -224,6 +227,21 @@ class Ledger:
         with write_transaction(self._db, what=f"record the targets of round {round_index} of run {run_id}", error=LedgerError) as db:
             db.execute("INSERT OR REPLACE INTO round_targets VALUES (?, ?, ?, ?, ?)",
                        (run_id, round_index, targets, int(teacher_ok), time.time()))
+
+    def mark_live(self, run_id: str, *, for_seconds: float) -> None:
+        """``run_id`` is live and carries out unlearning requests itself, for the next ``for_seconds`` (a lease:
+        a server that dies stops renewing it, and ``nebula unlearn serve`` takes the requests over when it expires)."""
+        with write_transaction(self._db, what=f"mark run {run_id} live", error=LedgerError) as db:
+            db.execute("INSERT OR REPLACE INTO live_runs VALUES (?, ?)", (run_id, time.time() + for_seconds))
+
+    def clear_live(self, run_id: str) -> None:
+        with write_transaction(self._db, what=f"mark run {run_id} ended", error=LedgerError) as db:
+            db.execute("DELETE FROM live_runs WHERE run_id = ?", (run_id,))
+
+    def live_run(self) -> str | None:
+        """The run whose lease has not expired, if any."""
+        row = self._db.execute("SELECT run_id FROM live_runs WHERE expires_at > ? ORDER BY expires_at DESC", (time.time(),)).fetchone()
+        return row[0] if row else None
 
     def finished_rounds(self, run_id: str) -> dict[int, tuple[bytes | None, bool]]:
         """``{round: (targets or None, teacher_ok)}`` of every finished round of ``run_id``."""

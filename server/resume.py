@@ -45,10 +45,20 @@ class ResumePoint:
     unfinished: int | None  # a recorded round whose teaching did not finish: finished first (taught again if aggregated)
 
 
-def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
-    """The point to resume the last run of ``ledger`` from; ``flat_config`` is the restarted server's."""
+def gathered_consensus(ledger: Ledger, run_id: str, *, up_to: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(ids, probs)`` of the consensus of rounds ``<= up_to`` as the teacher gathers it (None, None: no round)."""
     from client.teacher_step import merge_consensus, teacher_targets
 
+    ids = probs = None
+    for r in ledger.consensus_round_indices(run_id):
+        if r <= up_to:
+            round_ids, consensus = ledger.consensus(run_id, r)
+            ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+    return ids, probs
+
+
+def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
+    """The point to resume the last run of ``ledger`` from; ``flat_config`` is the restarted server's."""
     runs = ledger.runs()
     if not runs:
         raise ResumeError(f"federation.resume is set but the ledger {ledger.path} holds no run to resume")
@@ -67,11 +77,7 @@ def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
         raise ResumeError(f"run {run_id}: rounds {later} are recorded after the last finished round {last}")
     taught = [r for r, (_, ok) in finished.items() if ok]
     restore = max(taught, default=0)
-    ids = probs = None
-    for r in ledger.consensus_round_indices(run_id):
-        if r <= restore:
-            round_ids, consensus = ledger.consensus(run_id, r)
-            ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+    ids, probs = gathered_consensus(ledger, run_id, up_to=restore)
     unfinished = later[0] if later else None
     return ResumePoint(
         run_id=run_id, next_round=(unfinished or last) + 1, targets=finished[last][0] if last else None,

@@ -215,6 +215,10 @@ class UnlearningServer:
             if self._stop.is_set():
                 break
             try:
+                live = self.executor.ledger.live_run()
+                if live is not None:  # that run carries the requests out between its rounds (federation.unlearn_key)
+                    log.info("run %s is live: it carries out the stored requests between rounds", live)
+                    continue
                 self.executor.run_pending()
             except Exception:  # noqa: BLE001 - keep serving; the request stays running and is resumed
                 log.exception("unlearning worker: run_pending failed")

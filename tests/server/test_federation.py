@@ -244,3 +244,12 @@ def test_label_counts_are_recorded_and_forgotten_clients_are_not_selected(tmp_pa
     assert history[0]["accepted"] == 2 and "client-1" not in history[0]["clients"]
     assert set(Ledger(tmp_path / "ledger.sqlite").label_counts(fed.run_id)) == {"client-0", "client-2"}
     assert fed.class_counts == [6, 6, 10]  # the forgotten client's counts reach no one
+
+
+def test_an_unreadable_unlearning_key_stops_the_run_before_discovery(tmp_path):
+    from server.exceptions import UnlearningError
+
+    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), 9: teacher()}, **{"federation.unlearn_key": str(tmp_path / "missing.pem")})
+    with pytest.raises(UnlearningError, match="federation.unlearn_key .*missing.pem"):
+        fed.run()
+    assert grid.sent == []  # no node was asked anything
