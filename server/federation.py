@@ -17,6 +17,7 @@ Rules the operator should know:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -285,7 +286,9 @@ class Federation:
         reply = self._exchange([self._message(self.teacher.node_id, keys.MSG_RESTORE, fields)]).get(self.teacher.node_id)
         if reply is None or reply.has_error():
             why = reply.error.reason if reply is not None else "no reply before the timeout"
-            raise ResumeError(f"the teacher node could not restore round {point.restore_round}'s checkpoint: {why}")
+            what = f"the states in {states_dir}" if states_dir else "its own states" if keep_states else \
+                f"round {point.restore_round}'s checkpoint"
+            raise ResumeError(f"the teacher node could not restore {what} and the gathered consensus: {why}")
         if point.restore_round or states_dir:
             self._keep_student(reply, point.restore_round)
 
@@ -342,12 +345,14 @@ class Federation:
             return
         fed = self.config.federation
         self.ledger.mark_live(self.run_id, for_seconds=3 * fed.reply_timeout + 600)
+        current_before = self._unlearned_states_dir()
         done = self._unlearning().run_pending()
         for request in done:
             log.warning("before round %d: unlearning request %s (%s, client %s) %s%s", r, request.request_id, request.mode,
                         request.client_id, request.status, f": {request.error}" if request.error else "")
         if any(request.status == "done" for request in done):
-            self._restore_after_unlearning(r)
+            current = self._unlearned_states_dir()
+            self._restore_after_unlearning(r, states_dir=current if current != current_before else "")
 
     def _unlearning(self):
         if getattr(self, "_executor", None) is None:
@@ -365,12 +370,11 @@ class Federation:
                                       certificates_dir=self.out / "certificates")
         return self._executor
 
-    def _restore_after_unlearning(self, r: int) -> None:
-        """The teacher takes the models unlearning left current (if a model mode ran) and the consensus as the
-        ledger now holds it, for every round taught so far; the global student comes back to the server."""
+    def _restore_after_unlearning(self, r: int, *, states_dir: str) -> None:
+        """The teacher takes the models a model mode just left current (``states_dir``; "" keeps its own) and the
+        consensus as the ledger now holds it, for every round taught so far; the global student comes back."""
         finished = [k for k, (_, ok) in self.ledger.finished_rounds(self.run_id).items() if ok and k < r]
         gathered = resume_point_gathered(self.ledger, self.run_id, up_to=max(finished, default=0))
-        states_dir = self._unlearned_states_dir()
         point = ResumePoint(self.run_id, r, None, max(finished, default=0), *gathered, None)
         self._restore_teacher(point, states_dir=states_dir, keep_states=not states_dir)
 
@@ -387,7 +391,11 @@ class Federation:
         if not manifest.is_file() or (newer_than is not None and newer_than.is_file()
                                       and newer_than.stat().st_mtime_ns >= manifest.stat().st_mtime_ns):
             return ""
-        return folder.relative_to(self.out).as_posix()
+        try:
+            of_this_run = json.loads(manifest.read_text(encoding="utf-8")).get("run_id") == self.run_id
+        except (OSError, ValueError):
+            of_this_run = False
+        return folder.relative_to(self.out).as_posix() if of_this_run else ""
 
     def finish(self) -> None:
         if self.config.federation.unlearn_key:
