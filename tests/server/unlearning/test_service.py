@@ -182,6 +182,28 @@ def test_live_run_defers_work_to_run_pending(idle_service, material, ledger_path
     assert idle_service.run_pending() == []
 
 
+def test_while_a_run_holds_the_lease_the_service_leaves_requests_to_it(material, ledger_path):
+    import time
+
+    from server.ledger import Ledger
+
+    ledger = Ledger(ledger_path)
+    ledger.mark_live("live-run", for_seconds=600)  # a run started with federation.unlearn_key
+    server = _start(material, ledger_path, live_run=False)
+    try:
+        reply = _stub(server, material).SubmitUnlearn(_signed(material.operator_key), timeout=10)
+        time.sleep(2.0)  # the worker woke up for the submit and saw the lease
+        assert server.executor.store.get(reply.request_id).status == "queued"
+        ledger.clear_live("live-run")  # the run ended: the service takes the request over (within its 5 s poll)
+        deadline = time.monotonic() + 30
+        while server.executor.store.get(reply.request_id).status != "done" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.executor.store.get(reply.request_id).status == "done"
+    finally:
+        server.stop()
+        ledger.close()
+
+
 def test_cli_refusals_exit_2_with_the_reason(idle_service, material, capsys):
     ops = _operator_args(idle_service, material)
     assert main(["unlearn", "ghost", "--reason", "r", "--mode", "purge", *ops]) == 2
