@@ -69,12 +69,15 @@ def forward(msg: Message, context: Context, socket_path: str) -> Message:
     except AuthenticationError as exc:  # a misconfigured node, not a missing worker: say so, do not fall back
         raise RuntimeError(f"the worker on {socket_path} refused the key in {key_path(socket_path)}: {exc}") from exc
     with conn:
-        conn.send_bytes(message_to_proto(msg).SerializeToString())
-        conn.send_bytes(context_to_proto(context).SerializeToString())
-        status = conn.recv_bytes()
-        if status != OK:
-            raise RuntimeError(f"worker on {socket_path}: {conn.recv_bytes().decode(errors='replace')}")
-        reply_bytes, state_bytes = conn.recv_bytes(), conn.recv_bytes()
+        try:
+            conn.send_bytes(message_to_proto(msg).SerializeToString())
+            conn.send_bytes(context_to_proto(context).SerializeToString())
+            status = conn.recv_bytes()
+            if status != OK:
+                raise RuntimeError(f"worker on {socket_path}: {conn.recv_bytes().decode(errors='replace')}")
+            reply_bytes, state_bytes = conn.recv_bytes(), conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"the worker on {socket_path} stopped during the request ({type(exc).__name__}: {exc})") from exc
     context.state = recorddict_from_proto(ProtoRecordDict.FromString(state_bytes))
     return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
