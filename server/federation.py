@@ -17,7 +17,6 @@ Rules the operator should know:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -281,8 +280,7 @@ class Federation:
         relative to the output folder, or keeps its own) and ``point``'s gathered consensus."""
         fields: dict = {keys.RESTORE_ROUND: point.restore_round, keys.RESTORE_DIR: states_dir, keys.RESTORE_KEEP: keep_states}
         if point.gathered_ids is not None:
-            log_probs = np.log(np.clip(point.gathered_probs, 1e-12, None)).astype(np.float32)
-            fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, log_probs, dtype="float32")
+            fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, _log_probs(point.gathered_probs), dtype="float32")
         reply = self._exchange([self._message(self.teacher.node_id, keys.MSG_RESTORE, fields)]).get(self.teacher.node_id)
         if reply is None or reply.has_error():
             why = reply.error.reason if reply is not None else "no reply before the timeout"
@@ -302,7 +300,7 @@ class Federation:
 
     def _teach(self, r: int, ids: np.ndarray, consensus: np.ndarray, report: RoundReport) -> bytes:
         """Hand the consensus to the teacher; its refined logits are next round's targets."""
-        log_probs = np.log(np.clip(consensus, 1e-12, None)).astype(np.float32)
+        log_probs = _log_probs(consensus)
         msg = self._message(self.teacher.node_id, keys.MSG_TEACH, {keys.ROUND_INDEX: r, keys.CONSENSUS_BLOB: encode_logits(ids, log_probs, dtype="float32")})
         t_send = time.perf_counter()
         reply = self._exchange([msg]).get(self.teacher.node_id)
@@ -381,21 +379,14 @@ class Federation:
     def _unlearned_states_dir(self, *, newer_than: Path | None = None) -> str:
         """``unlearning/<request id>`` when an unlearning request of this run left its models current (and they
         are newer than ``newer_than``), else ""."""
-        from server.unlearning.models import CURRENT, MANIFEST
+        from server.unlearning.models import MANIFEST, RunModels, current_request_dir
 
-        pointer = self.out / "unlearning" / CURRENT
-        if not pointer.is_file():
+        run = RunModels(self.out, self.run_id, self.config)
+        folder = current_request_dir(run)
+        if folder is None or (newer_than is not None and newer_than.is_file()
+                              and newer_than.stat().st_mtime_ns >= (folder / MANIFEST).stat().st_mtime_ns):
             return ""
-        folder = self.out / "unlearning" / pointer.read_text(encoding="utf-8").strip()
-        manifest = folder / MANIFEST
-        if not manifest.is_file() or (newer_than is not None and newer_than.is_file()
-                                      and newer_than.stat().st_mtime_ns >= manifest.stat().st_mtime_ns):
-            return ""
-        try:
-            of_this_run = json.loads(manifest.read_text(encoding="utf-8")).get("run_id") == self.run_id
-        except (OSError, ValueError):
-            of_this_run = False
-        return folder.relative_to(self.out).as_posix() if of_this_run else ""
+        return run.relative(folder)
 
     def finish(self) -> None:
         if self.config.federation.unlearn_key:
@@ -407,6 +398,11 @@ class Federation:
                 why = replies[n].error.reason if n in replies else "no reply"
                 log.warning("node %s could not save its adapters: %s", n, why)
         self.ledger.close()
+
+
+def _log_probs(probs: np.ndarray) -> np.ndarray:
+    """What the teacher is sent for probabilities ``(N, C)``: ``log(max(p, 1e-12))`` as float32 (it takes softmax at T=1)."""
+    return np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
 
 
 def _payload_bytes(msg: Message) -> int:

@@ -42,14 +42,11 @@ class TeachReport:
 
 
 def gathered_consensus(ledger: Ledger, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids (M,), probs (M, C))``: every round's consensus of ``run_id``, a re-sent id keeping its latest target."""
-    from client.teacher_step import merge_consensus, teacher_targets
+    """``(ids (M,), probs (M, C))``: every round's consensus of ``run_id``, as the teacher node gathers it."""
+    from server.resume import gathered_consensus as gathered_up_to
 
-    ids: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    for r in ledger.consensus_round_indices(run_id):
-        round_ids, consensus = ledger.consensus(run_id, r)
-        ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+    rounds = ledger.consensus_round_indices(run_id)
+    ids, probs = gathered_up_to(ledger, run_id, up_to=max(rounds, default=0))
     if ids is None or probs is None:
         raise LedgerError(f"run {run_id} in {ledger.path} has no aggregated round: nothing to teach from")
     return ids, probs

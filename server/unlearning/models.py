@@ -113,14 +113,21 @@ def save_states(folder: Path, teacher: dict, student: dict) -> None:
         tmp.replace(folder / f"{name}.pt")
 
 
+def current_request_dir(run: RunModels) -> Path | None:
+    """The folder of the request ``CURRENT`` names, if its models are complete and of this run, else None."""
+    pointer = run.folder / "unlearning" / CURRENT
+    if not pointer.is_file():
+        return None
+    request_id = pointer.read_text(encoding="utf-8").strip()
+    manifest = finished(run, request_id)
+    return run.request_dir(request_id) if manifest is not None and manifest.get("run_id") == run.run_id else None
+
+
 def current_states(run: RunModels) -> tuple[dict, dict, str]:
     """``(teacher, student, where)``: the run's models now (see the module docstring)."""
-    pointer = run.folder / "unlearning" / CURRENT
-    if pointer.is_file():
-        request_id = pointer.read_text(encoding="utf-8").strip()
-        manifest = finished(run, request_id)
-        if manifest is not None and manifest.get("run_id") == run.run_id:
-            return (*load_states(run.request_dir(request_id)), run.relative(run.request_dir(request_id)))
+    folder = current_request_dir(run)
+    if folder is not None:
+        return (*load_states(folder), run.relative(folder))
     rounds = run.checkpoint_rounds()
     if not rounds:
         raise UnlearningError(f"{run.folder / 'checkpoints'} holds no round's checkpoint: no models to unlearn from")
