@@ -27,7 +27,7 @@ from client.edge import learner_for
 from client.teacher_step import merge_consensus, round_seed, teach_step
 from common.config import NebulaConfig
 from common.federation_data import build_federation_data
-from common.models import Learner, load_trainable_state, save_adapter, trainable_state
+from common.models import Learner, load_checkpoint, load_trainable_state, save_adapter, save_checkpoint, trainable_state
 from common.training import accuracy, encode, predict_logits, softmax_np
 from common.wire import decode_logits, encode_logits
 
@@ -98,11 +98,10 @@ class TeacherNode:
         elif round_index and not keep:
             folder = output_dir / "checkpoints" / f"round-{round_index:03d}"
         if folder is not None:
-            for name in states:
-                path = folder / f"{name}.pt"
-                if not path.is_file():
-                    raise FileNotFoundError(f"no model state {path} on this teacher node to restore")
-                states[name] = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                states["teacher"], states["student"] = load_checkpoint(folder)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{exc} on this teacher node to restore") from exc
         load_trainable_state(self.teacher.model, states["teacher"])
         load_trainable_state(self.student.model, states["student"])
         self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))
@@ -123,11 +122,7 @@ class TeacherNode:
 
     def checkpoint(self, folder: Path) -> None:
         """Trainable states of teacher and student (small: LoRA + head), for resume and replay."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, learner in (("teacher", self.teacher), ("student", self.student)):
-            tmp = folder / f"{name}.pt.tmp"
-            torch.save(trainable_state(learner.model), tmp)
-            tmp.replace(folder / f"{name}.pt")
+        save_checkpoint(folder, trainable_state(self.teacher.model), trainable_state(self.student.model))
 
     def save(self, folder: Path) -> None:
         save_adapter(self.teacher, folder / "teacher")

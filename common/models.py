@@ -9,6 +9,7 @@ which :func:`trainable_state` / :func:`load_trainable_state` swap in and out.
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,37 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             if params[name].shape != tensor.shape:
                 raise ValueError(f"{name}: shape {tuple(tensor.shape)} != model's {tuple(params[name].shape)}")
             params[name].copy_(tensor)
+
+
+CHECKPOINT_NAMES = ("teacher", "student")  # a checkpoint folder's files: <name>.pt
+
+
+def save_checkpoint(folder: str | Path, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> None:
+    """Write ``folder/teacher.pt`` and ``folder/student.pt`` (trainable states), each to a hidden
+    temporary file first and then renamed, so a crash leaves the old file or the new one, never half."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, state in zip(CHECKPOINT_NAMES, (teacher, student)):
+        tmp = folder / f".{name}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(folder / f"{name}.pt")
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(teacher, student)`` trainable states from a :func:`save_checkpoint` folder.
+
+    Raises FileNotFoundError naming a missing file and ValueError naming an unreadable one.
+    """
+    states = []
+    for name in CHECKPOINT_NAMES:
+        path = Path(folder) / f"{name}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no model state {path}")
+        try:
+            states.append(torch.load(path, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"cannot read the model state {path}: {exc}") from exc
+    return states[0], states[1]
 
 
 def state_nbytes(state: dict[str, torch.Tensor], *, bytes_per_value: int = 4) -> int:

@@ -9,6 +9,10 @@ compare the teacher and global student with a federation retrained without it (i
 4. **retrained**: the same federation runs again into ``OUT/retrained``, its fresh ledger pre-marked with
    ``Ledger.purge_client`` so that the federation never selects the client (server/federation.py drops
    forgotten clients every round); same data split, seeds and configuration;
+   With ``repeat_retraining`` it runs a second time into ``OUT/retrained-again``: the same configuration
+   and seeds, so the gaps of that row against the first are the retraining's own run-to-run spread
+   (thread scheduling and the order replies arrive in make two runs differ), the floor under which no
+   mode's gap means anything;
 5. teacher and global student of each are evaluated on the forgotten client's training examples
    (members), its held-out examples (non-members from the same distribution), the other clients'
    training examples and the global test set (server/unlearning/verification.py); the table goes to
@@ -32,10 +36,11 @@ from typing import Callable
 import numpy as np
 
 from common.config import NebulaConfig
+from server.unlearning.fast_correction import CorrectionBudget
 
 log = logging.getLogger(__name__)
 
-ORIGINAL, RETRAINED = "original", "retrained"
+ORIGINAL, RETRAINED, RETRAINED_AGAIN = "original", "retrained", "retrained-again"
 ORDER = ("purge", "reaggregate", "exact-replay", "fast-correction")  # table order: ledger-only first, then the model modes
 
 
@@ -47,9 +52,10 @@ class UnlearningBenchmark:
     out: Path  # OUT: original/, modes/<mode>/, retrained/, unlearning.md, unlearning.json
     client: str = ""  # client id to forget; "" = the client with the most private training examples
     modes: tuple[str, ...] = ()  # () = every registered mode
-    correction_teacher_steps: int = 32
-    correction_student_steps: int = 16
+    correction_teacher_steps: int = CorrectionBudget.teacher_steps
+    correction_student_steps: int = CorrectionBudget.student_steps
     workers: int | None = None  # simulation workers (default: CPU cores)
+    repeat_retraining: bool = False  # retrain a second time (OUT/retrained-again): the run-to-run spread
 
 
 @dataclass
@@ -106,7 +112,7 @@ def _forget(folder: Path, client: str, mode: str, bench: UnlearningBenchmark) ->
 
     from server.ledger import Ledger
     from server.unlearning.executor import Executor
-    from server.unlearning.fast_correction import CorrectionBudget, FastCorrectionMode
+    from server.unlearning.fast_correction import FastCorrectionMode
     from server.unlearning.requests import RequestStore
 
     ledger_path = folder / "ledger.sqlite"
@@ -190,9 +196,15 @@ def run_benchmark(bench: UnlearningBenchmark, *, on_round: Callable[[dict], None
     say(f"[3/4] retraining without {client} -> {bench.out / RETRAINED}")
     seconds[RETRAINED] = _federate(bench.config, bench.out / RETRAINED, workers=bench.workers, forget=client, on_round=on_round)
     say(f"      {seconds[RETRAINED]:.0f} s")
+    folders = {ORIGINAL: bench.out / ORIGINAL, **{m: bench.out / "modes" / m for m in modes}, RETRAINED: bench.out / RETRAINED}
+    if bench.repeat_retraining:
+        say(f"[3/4] retraining again, same configuration -> {bench.out / RETRAINED_AGAIN}")
+        seconds[RETRAINED_AGAIN] = _federate(bench.config, bench.out / RETRAINED_AGAIN, workers=bench.workers, forget=client,
+                                             on_round=on_round)
+        say(f"      {seconds[RETRAINED_AGAIN]:.0f} s")
+        folders[RETRAINED_AGAIN] = bench.out / RETRAINED_AGAIN
     say("[4/4] evaluating teacher and global student of each")
     evaluator = _Evaluator(bench.config, client)
-    folders = {ORIGINAL: bench.out / ORIGINAL, **{m: bench.out / "modes" / m for m in modes}, RETRAINED: bench.out / RETRAINED}
     logits = {variant: evaluator.logits(folder) for variant, folder in folders.items()}
     rows = verification_rows(logits, evaluator.labels, seconds={k: v for k, v in seconds.items() if k != ORIGINAL})
     table = markdown_table(rows)

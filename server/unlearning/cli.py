@@ -114,8 +114,16 @@ def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client", default="", help="client id to forget (default: the client with the most private training examples)")
     p.add_argument("--modes", default="", help=f"comma list of modes (default: all: {', '.join(available_modes())})")
     p.add_argument("--out", default="runs/unlearn-benchmark", help="folder for the runs, copies and the table (default runs/unlearn-benchmark)")
-    p.add_argument("--correction-teacher-steps", type=int, default=32, help="fast-correction budget: teacher optimizer steps (default 32)")
-    p.add_argument("--correction-student-steps", type=int, default=16, help="fast-correction budget: student optimizer steps (default 16)")
+    from server.unlearning.fast_correction import CorrectionBudget
+
+    budget = CorrectionBudget()
+    p.add_argument("--correction-teacher-steps", type=int, default=budget.teacher_steps,
+                   help=f"fast-correction budget: teacher optimizer steps (default {budget.teacher_steps})")
+    p.add_argument("--correction-student-steps", type=int, default=budget.student_steps,
+                   help=f"fast-correction budget: student optimizer steps (default {budget.student_steps})")
+    p.add_argument("--repeat-retraining", action="store_true",
+                   help="retrain a second time with the same configuration (row 'retrained-again'): retraining's own "
+                        "run-to-run spread, the floor under which a mode's gap means nothing")
     p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
     add_arguments(p)  # any configuration field over the preset, as `nebula simulate` takes them
     p.set_defaults(func=_benchmark)
@@ -278,7 +286,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         config = preset_config(args.preset, overrides_from_args(args))
         bench = UnlearningBenchmark(config=config, out=Path(args.out), client=args.client, modes=modes, workers=args.workers,
                                     correction_teacher_steps=args.correction_teacher_steps,
-                                    correction_student_steps=args.correction_student_steps)
+                                    correction_student_steps=args.correction_student_steps,
+                                    repeat_retraining=args.repeat_retraining)
         if bench.client and bench.client not in {f"client-{i}" for i in range(config.data.num_clients)}:
             raise ConfigError(f"--client {bench.client!r} is not one of client-0 .. client-{config.data.num_clients - 1}")
     except (ConfigError, ValueError) as exc:

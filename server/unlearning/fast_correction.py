@@ -4,10 +4,17 @@ For when replaying every round since the client joined is too slow. After ``reag
 cleaned the ledger, the run's current teacher (server/unlearning/models.py: the last request's
 states, else the last checkpoint) trains toward the **revised** consensus of the affected rounds
 (merged as the teacher node gathers them, later rounds winning), then the global student distills
-from the corrected teacher on the public pool, as in a round. The work is bounded by a
-:class:`CorrectionBudget`: at most ``teacher_steps`` optimizer steps for the teacher and
-``student_steps`` for the student (one pass over a seeded random subset of ``steps x batch_size``
-inputs each), with the run's learning rates, temperature and batch size.
+from the corrected teacher, as in a round. The work is bounded by a :class:`CorrectionBudget`: at
+most ``teacher_steps`` optimizer steps for the teacher and ``student_steps`` for the student, one
+pass each over ``steps x batch_size`` inputs, with the run's learning rates, temperature and batch
+size. The inputs are **targeted**, not drawn at random: those whose consensus the client's removal
+changed most, ``KL(before || after)`` of the round's consensus read just before and after the
+re-aggregation (held in memory only), i.e. where the client's logits had moved the targets the
+teacher learnt. The teacher trains on the first ``teacher_steps x batch_size`` of them toward the
+cleaned consensus, the student on the first ``student_steps x batch_size`` toward the corrected
+teacher. When that change is not known (a request resumed after the re-aggregation, or a removal
+that changed no target), the teacher's own disagreement with the cleaned consensus ranks the
+inputs instead (one forward pass over them; :func:`rank_by_divergence` for both rankings).
 
 What it guarantees: the ledger's guarantees of ``reaggregate``, and a teacher and student moved
 toward what the cleaned consensus says on the affected inputs, within the budget. It does not
@@ -34,8 +41,8 @@ from server.unlearning.registry import register
 class CorrectionBudget:
     """The bound of a fast correction, in optimizer steps (each of ``train.batch_size`` inputs)."""
 
-    teacher_steps: int = 32
-    student_steps: int = 16
+    teacher_steps: int = 48
+    student_steps: int = 24
 
     def __post_init__(self) -> None:
         for name in ("teacher_steps", "student_steps"):
@@ -55,21 +62,55 @@ class FastCorrectionMode(UnlearnMode):
         self.budget = budget or CorrectionBudget()
 
     def apply(self, ctx: UnlearnContext) -> UnlearnOutcome:
-        ledger_outcome = ReaggregateMode().apply(ctx)
         run = store.open_run(ctx)
-        models = store.resume(run, ctx.request_id) or correct(ctx, run, self.budget)
+        before = {r: ctx.ledger.consensus(run.run_id, r) for r in ctx.ledger.consensus_round_indices(run.run_id)}  # in memory only
+        ledger_outcome = ReaggregateMode().apply(ctx)
+        models = store.resume(run, ctx.request_id) or correct(ctx, run, self.budget, before=before)
         ctx.checkpoint("corrected")
         return UnlearnOutcome(tombstones=ledger_outcome.tombstones, revisions=ledger_outcome.revisions, models=models)
 
 
-def correction_subset(n: int, *, steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """Positions of at most ``steps * batch_size`` of ``n`` inputs, a seeded random choice: one pass
-    over them takes at most ``steps`` optimizer steps."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[: steps * batch_size])
+def _kl_rows(targets: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """``KL(targets[n] || current[n])`` per row of two ``(N, C)`` probability arrays (floored at 1e-12)."""
+    if targets.shape != current.shape or targets.ndim != 2:
+        raise ValueError(f"targets {targets.shape} and current {current.shape} must be the same (N, C) shape")
+    t = np.clip(targets.astype(np.float64), 1e-12, None)
+    q = np.clip(current.astype(np.float64), 1e-12, None)
+    return (t * (np.log(t) - np.log(q))).sum(axis=1)  # (N,)
 
 
-def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget) -> dict[str, Any]:
-    """The corrective distillation; returns the certificate's ``models`` field."""
+def rank_by_divergence(targets: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Row positions of two ``(N, C)`` probability arrays, the largest ``KL(targets[n] || current[n])``
+    first; among equal distances the lower position first."""
+    return np.argsort(-_kl_rows(targets, current), kind="stable")
+
+
+def consensus_change(
+    before: dict[int, tuple[np.ndarray, np.ndarray] | None], ids: np.ndarray, after: np.ndarray
+) -> np.ndarray | None:
+    """Per gathered input ``ids`` ``(M,)`` with cleaned targets ``after`` ``(M, C)``: the target it had
+    before the re-aggregation (the latest affected round that held it, as the teacher gathered them),
+    as ``(M, C)`` probabilities; None when any input's former target is unknown."""
+    from client.teacher_step import merge_consensus, teacher_targets
+
+    old_ids: np.ndarray | None = None
+    old: np.ndarray | None = None
+    for r in sorted(before):
+        if before[r] is not None:
+            round_ids, consensus = before[r]
+            old_ids, old = merge_consensus(old_ids, old, round_ids, teacher_targets(consensus))
+    if old_ids is None or old is None:
+        return None
+    pos = {int(i): k for k, i in enumerate(old_ids)}
+    if any(int(i) not in pos for i in ids) or len(ids) != len(after):
+        return None
+    return old[[pos[int(i)] for i in ids]]
+
+
+def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
+            before: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = None) -> dict[str, Any]:
+    """The corrective distillation; returns the certificate's ``models`` field. ``before``: each affected
+    round's consensus as it was before the re-aggregation (see the module docstring)."""
     import torch
 
     from client.teacher_step import merge_consensus, teacher_targets
@@ -82,13 +123,14 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget)
     if not affected:
         return store.unchanged(run, FastCorrectionMode.name, ctx.client_id)
     t0 = time.perf_counter()
-    before_teacher, before_student, before = store.current_states(run)
+    before_teacher, before_student, before_dir = store.current_states(run)
     teacher, student, data = store.learners(run)
     load_trainable_state(teacher.model, before_teacher)
     load_trainable_state(student.model, before_student)
-    cfg, max_len = run.config.train, run.config.data.max_length
+    cfg, max_len, T = run.config.train, run.config.data.max_length, run.config.train.temperature
     seed = run.config.data.seed * 1000 + 997  # apart from every round's seed (round_seed)
     steps = {"teacher": 0, "student": 0}
+    targeting = "none"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         ids: np.ndarray | None = None
@@ -96,27 +138,35 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget)
         for r in rounds:
             round_ids, consensus = ctx.ledger.consensus(run.run_id, r)
             ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
-        if ids is not None and probs is not None:
-            pick = correction_subset(len(ids), steps=budget.teacher_steps, batch_size=cfg.batch_size, seed=seed)
+        if ids is not None and probs is not None:  # else every affected round lost its consensus: nothing to fit
+            old = consensus_change({r: before[r] for r in rounds if r in before} if before else {}, ids, probs)  # same rounds as ids
+            if old is not None and not np.array_equal(old, probs):
+                targeting = "consensus change"
+                ranking = rank_by_divergence(old, probs)  # where the client had moved the targets most, first
+            else:
+                targeting = "teacher disagreement"
+                current = softmax_np(predict_logits(teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len)), temperature=T)
+                ranking = rank_by_divergence(probs, current)
+            pick = np.sort(ranking[: budget.teacher_steps * cfg.batch_size])
             result = fit(
                 teacher.model, encode(teacher.tokenizer, data.public_texts(ids[pick]), max_length=max_len), targets=probs[pick],
-                epochs=1, temperature=cfg.temperature, lr=cfg.teacher_lr, batch_size=cfg.batch_size,
-                micro_batch_size=cfg.micro_batch_size, seed=seed,
+                epochs=1, temperature=T, lr=cfg.teacher_lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed,
             )
             steps["teacher"] = result.steps
-        pool = correction_subset(len(data.public), steps=budget.student_steps, batch_size=cfg.batch_size, seed=seed + 1)
-        texts = data.public_texts(pool)
-        teacher_logits = predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len))  # (S, C)
+            student_ids = ids[np.sort(ranking[: budget.student_steps * cfg.batch_size])]
+        else:
+            student_ids = np.sort(np.random.default_rng(seed).permutation(len(data.public))[: budget.student_steps * cfg.batch_size])
+        texts = data.public_texts(student_ids)
+        corrected = softmax_np(predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T)
         result = fit(
-            student.model, encode(student.tokenizer, texts, max_length=max_len),
-            targets=softmax_np(teacher_logits, temperature=cfg.temperature), epochs=1, temperature=cfg.temperature,
-            lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,
+            student.model, encode(student.tokenizer, texts, max_length=max_len), targets=corrected,
+            epochs=1, temperature=T, lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,
         )
         steps["student"] = result.steps
     manifest = {
-        "run_id": run.run_id, "method": FastCorrectionMode.name, "changed": True, "before": before,
+        "run_id": run.run_id, "method": FastCorrectionMode.name, "changed": True, "before": before_dir,
         "output": run.relative(run.request_dir(ctx.request_id)), "rounds_corrected": rounds,
-        "budget": {"teacher_steps": budget.teacher_steps, "student_steps": budget.student_steps},
+        "budget": {"teacher_steps": budget.teacher_steps, "student_steps": budget.student_steps}, "targeting": targeting,
         "teacher": store.hashes(run.config.model.teacher, before_teacher, trainable_state(teacher.model)),
         "student": store.hashes(run.config.model.student, before_student, trainable_state(student.model)),
         "optimizer_steps": steps, "seconds": f"{time.perf_counter() - t0:.3f}",

@@ -42,7 +42,6 @@ from server.unlearning.base import UnlearnContext
 
 CURRENT = "CURRENT"
 MANIFEST = "models.json"
-NAMES = ("teacher", "student")  # file stems of the two trainable states
 
 
 @dataclass(frozen=True)
@@ -94,23 +93,19 @@ def affected_rounds(ctx: UnlearnContext, run: RunModels) -> list[int]:
 
 def load_states(folder: Path) -> tuple[dict, dict]:
     """``(teacher, student)`` trainable states from ``folder/{teacher,student}.pt``."""
-    import torch
+    from common.models import load_checkpoint
 
     try:
-        return tuple(torch.load(folder / f"{name}.pt", map_location="cpu", weights_only=True) for name in NAMES)  # type: ignore[return-value]
-    except (OSError, RuntimeError) as exc:
+        return load_checkpoint(folder)
+    except (OSError, ValueError) as exc:
         raise UnlearningError(f"cannot read the model states in {folder}: {exc}") from exc
 
 
 def save_states(folder: Path, teacher: dict, student: dict) -> None:
-    """Write both states as TeacherNode.checkpoint does (each file replaced atomically)."""
-    import torch
+    """Write both states as TeacherNode.checkpoint does (common/models.py, ``save_checkpoint``)."""
+    from common.models import save_checkpoint
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, state in zip(NAMES, (teacher, student)):
-        tmp = folder / f".{name}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / f"{name}.pt")
+    save_checkpoint(folder, teacher, student)
 
 
 def current_request_dir(run: RunModels) -> Path | None:

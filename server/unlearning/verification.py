@@ -18,6 +18,13 @@ have a lower loss there. The AUC of that score, members against non-members, is 
 attack cannot tell them apart and 1.0 when every member scores above every non-member. A model
 retrained without the client sets the reference: its AUC is what an attacker gets from the
 distribution alone.
+
+**How sure.** At a benchmark's scale the forgotten client has a few hundred members and a few dozen
+non-members, so an AUC carries a standard error of about 0.04 and an accuracy several points. The
+gaps against the retrained model are therefore given with a paired bootstrap interval
+(:func:`gap_intervals`): members and non-members are resampled with replacement, the same draw for
+the model and the reference, and the 2.5th and 97.5th percentiles of the gap are reported. An
+interval that holds 0 means the data cannot tell the model from the retrained one.
 """
 
 from __future__ import annotations
@@ -87,6 +94,39 @@ def verification_row(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.n
     }
 
 
+def gap_intervals(
+    logits: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+    *, draws: int = 1000, seed: int = 0, level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Paired bootstrap intervals of the gaps of one model against the reference model.
+
+    ``logits`` and ``reference``: ``{set: (N_set, C)}`` for ``forgotten`` and ``forgotten_holdout``;
+    ``labels``: ``{set: (N_set,)}``. Each draw resamples the members (``forgotten``) and the
+    non-members (``forgotten_holdout``) with replacement and computes, on the same rows for both
+    models, ``100 * (acc - acc_ref)`` on the members and ``auc - auc_ref`` of the loss attack.
+    Returns ``{"d_acc_forgotten": (lo, hi), "d_mia_auc": (lo, hi)}``, the central ``level`` interval;
+    NaNs when a set is empty.
+    """
+    if not 0.0 < level < 1.0 or draws < 1:
+        raise ValueError(f"gap_intervals needs 0 < level < 1 and draws >= 1, got level={level}, draws={draws}")
+    members, holdout = np.asarray(labels["forgotten"]), np.asarray(labels["forgotten_holdout"])
+    if len(members) == 0 or len(holdout) == 0:
+        return {"d_acc_forgotten": (float("nan"), float("nan")), "d_mia_auc": (float("nan"), float("nan"))}
+    # per-example figures of each model: correct on the members, attack score on both sets
+    right = {k: np.asarray(z["forgotten"]).argmax(axis=1) == members for k, z in (("m", logits), ("r", reference))}
+    score_in = {k: -cross_entropy(z["forgotten"], members) for k, z in (("m", logits), ("r", reference))}
+    score_out = {k: -cross_entropy(z["forgotten_holdout"], holdout) for k, z in (("m", logits), ("r", reference))}
+    rng = np.random.default_rng(seed)
+    acc_gaps, auc_gaps = np.empty(draws), np.empty(draws)
+    for d in range(draws):
+        i, j = rng.integers(0, len(members), len(members)), rng.integers(0, len(holdout), len(holdout))
+        acc_gaps[d] = 100.0 * (right["m"][i].mean() - right["r"][i].mean())
+        auc_gaps[d] = rank_auc(score_in["m"][i], score_out["m"][j]) - rank_auc(score_in["r"][i], score_out["r"][j])
+    tail = 100.0 * (1.0 - level) / 2.0
+    return {name: (float(np.percentile(g, tail)), float(np.percentile(g, 100.0 - tail)))
+            for name, g in (("d_acc_forgotten", acc_gaps), ("d_mia_auc", auc_gaps))}
+
+
 def verification_rows(
     logits: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
     labels: Mapping[str, np.ndarray],
@@ -108,7 +148,8 @@ def verification_rows(
     -------
     list of dicts with ``variant, model, acc_forgotten, acc_others, acc_test, mia_auc``, the gaps
     ``d_acc_forgotten`` (accuracy points) and ``d_mia_auc`` against the reference's same model (None
-    without one), ``seconds`` and ``speedup`` (None where unknown).
+    without one) with their 95% paired bootstrap intervals ``d_acc_forgotten_ci``, ``d_mia_auc_ci``
+    (``(lo, hi)``, None for the reference itself), ``seconds`` and ``speedup`` (None where unknown).
     """
     seconds = seconds or {}
     figures = {(v, m): verification_row(sets, labels) for v, models in logits.items() for m, sets in models.items()}
@@ -116,10 +157,14 @@ def verification_rows(
     for (variant, model), row in figures.items():
         ref = figures.get((reference, model))
         own, ref_s = seconds.get(variant), seconds.get(reference)
+        ci = (gap_intervals(logits[variant][model], logits[reference][model], labels)
+              if ref is not None and variant != reference else {})
         rows.append({
             "variant": variant, "model": model, **row,
             "d_acc_forgotten": None if ref is None else 100.0 * (row["acc_forgotten"] - ref["acc_forgotten"]),
+            "d_acc_forgotten_ci": ci.get("d_acc_forgotten"),
             "d_mia_auc": None if ref is None else row["mia_auc"] - ref["mia_auc"],
+            "d_mia_auc_ci": ci.get("d_mia_auc"),
             "seconds": own,
             "speedup": ref_s / own if own and ref_s is not None and variant != reference else None,
         })
@@ -129,7 +174,8 @@ def verification_rows(
 COLUMNS = (
     ("variant", "variant", "{}"), ("model", "model", "{}"), ("acc_forgotten", "forgotten acc", "{:.1%}"),
     ("acc_others", "others acc", "{:.1%}"), ("acc_test", "test acc", "{:.1%}"), ("mia_auc", "MIA AUC", "{:.3f}"),
-    ("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"), ("d_mia_auc", "gap AUC", "{:+.3f}"),
+    ("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"), ("d_acc_forgotten_ci", "95% interval", "[{:+.1f}, {:+.1f}]"),
+    ("d_mia_auc", "gap AUC", "{:+.3f}"), ("d_mia_auc_ci", "95% interval", "[{:+.3f}, {:+.3f}]"),
     ("seconds", "seconds", "{:.1f}"), ("speedup", "x faster than retraining", "{:.1f}"),
 )
 
@@ -138,6 +184,14 @@ def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table (gaps against the retrained model; '-' where not applicable)."""
     lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = ["-" if row.get(key) is None or row.get(key) != row.get(key) else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+        cells = [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value, fmt: str) -> str:
+    """'-' for None or NaN (alone or inside an interval), else ``fmt`` applied to the value (or the pair)."""
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    if value is None or any(v is None or (isinstance(v, float) and v != v) for v in parts):
+        return "-"
+    return fmt.format(*parts)

@@ -69,3 +69,27 @@ def test_support_needs_every_client():
     np.testing.assert_array_equal(matrix, [[3, 4], [1, 2]])
     assert support_matrix(["a", "c"], counts) == (None, SUPPORT_NONE)
     assert support_matrix([], counts) == (None, SUPPORT_NONE)
+
+
+def test_the_correction_ranks_the_rows_furthest_from_their_targets_first():
+    from server.unlearning.fast_correction import rank_by_divergence
+
+    targets = np.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.8, 0.2]])
+    current = np.array([[0.9, 0.1], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])  # rows 2 and 3 disagree, row 2 the most
+    assert rank_by_divergence(targets, current).tolist() == [2, 3, 0, 1]
+    # equal distances: the lower position first; a zero probability is floored, not a division by zero
+    assert rank_by_divergence(np.eye(2)[[0, 0, 0]], np.eye(2)[[1, 1, 0]]).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"same \(N, C\) shape"):
+        rank_by_divergence(targets, current[:3])
+
+
+def test_the_former_targets_are_gathered_as_the_teacher_gathered_them():
+    from server.unlearning.fast_correction import consensus_change
+
+    p = lambda *rows: np.array(rows, dtype=np.float32)  # noqa: E731
+    before = {1: (np.array([0, 1]), p([0.9, 0.1], [0.2, 0.8])), 2: (np.array([1, 2]), p([0.6, 0.4], [0.5, 0.5])), 3: None}
+    after = p([0.7, 0.3], [0.5, 0.5], [0.5, 0.5])
+    old = consensus_change(before, np.array([0, 1, 2]), after)
+    np.testing.assert_allclose(old, [[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], atol=1e-6)  # id 1: round 2's, the later
+    assert consensus_change(before, np.array([0, 7]), after[:2]) is None  # id 7 was never gathered before
+    assert consensus_change({}, np.array([0]), after[:1]) is None

@@ -93,11 +93,25 @@ def test_fast_correction_changes_both_models_within_its_budget(tiny_run):
     models = _apply(tiny_run, FastCorrectionMode(budget)).models
     assert models["budget"] == {"teacher_steps": 1, "student_steps": 1} and models["optimizer_steps"] == {"teacher": 1, "student": 1}
     assert models["rounds_corrected"] == [2, 3]
+    assert models["targeting"] == "consensus change"  # the inputs the client's removal changed most
     assert (models["teacher"]["before_sha256"], models["student"]["before_sha256"]) == _hashes(tiny_run / "checkpoints" / "round-003")
     for name in ("teacher", "student"):
         assert models[name]["after_sha256"] != models[name]["before_sha256"]
     with pytest.raises(ValueError, match="teacher_steps must be >= 1"):
         CorrectionBudget(teacher_steps=0)
+
+
+def test_a_correction_resumed_after_the_reaggregation_ranks_by_the_teachers_disagreement(tiny_run):
+    from server.unlearning.fast_correction import correct
+
+    _apply(tiny_run, "reaggregate")  # the request died after re-aggregating: the former consensus is gone
+    ledger = Ledger(tiny_run / "ledger.sqlite")
+    try:
+        ctx = UnlearnContext(ledger, "req-1", TINY_TARGET)
+        models = correct(ctx, store.open_run(ctx), CorrectionBudget(1, 1), before=None)
+    finally:
+        ledger.close()
+    assert models["targeting"] == "teacher disagreement" and models["optimizer_steps"] == {"teacher": 1, "student": 1}
 
 
 def test_a_later_request_starts_from_the_current_models(tiny_run):

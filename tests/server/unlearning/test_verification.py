@@ -70,3 +70,31 @@ def test_rows_measure_gaps_and_speedups_against_the_retrained_model():
     assert rows["exact-replay"]["speedup"] == 20.0 and rows["retrained"]["speedup"] is None
     table = markdown_table(list(rows.values())).splitlines()
     assert len(table) == 2 + 3 and "| exact-replay | teacher | 0.0% |" in table[3]
+
+
+def test_gap_intervals_hold_zero_for_the_reference_itself_and_exclude_it_for_a_clear_gap():
+    from server.unlearning.verification import gap_intervals
+
+    rng = np.random.default_rng(1)
+    labels = {"forgotten": rng.integers(0, 3, 200), "forgotten_holdout": rng.integers(0, 3, 50)}
+    ref = {s: rng.normal(size=(len(labels[s]), 3)) for s in labels}
+    same = gap_intervals(ref, ref, labels, draws=200)
+    assert same == {"d_acc_forgotten": (0.0, 0.0), "d_mia_auc": (0.0, 0.0)}  # paired: every draw gives 0
+    # a model that knows every member's label (and none of the non-members'): far from the reference
+    knows = {"forgotten": np.eye(3)[labels["forgotten"]] * 10, "forgotten_holdout": ref["forgotten_holdout"]}
+    ci = gap_intervals(knows, ref, labels, draws=200)
+    assert ci["d_acc_forgotten"][0] > 40 and ci["d_mia_auc"][0] > 0.2
+    lo, hi = gap_intervals(ref, {s: rng.normal(size=z.shape) for s, z in ref.items()}, labels, draws=200)["d_mia_auc"]
+    assert lo < 0 < hi  # two random models: the data cannot tell them apart
+    with pytest.raises(ValueError, match="level"):
+        gap_intervals(ref, ref, labels, level=1.5)
+
+
+def test_the_table_shows_each_gap_with_its_interval():
+    logits = {"fast-correction": {"teacher": _sets(True)}, "retrained": {"teacher": _sets(False)}}
+    rows = verification_rows(logits, LABELS)
+    fast = next(r for r in rows if r["variant"] == "fast-correction")
+    assert fast["d_acc_forgotten_ci"][0] <= fast["d_acc_forgotten"] <= fast["d_acc_forgotten_ci"][1]
+    assert next(r for r in rows if r["variant"] == "retrained")["d_mia_auc_ci"] is None
+    table = markdown_table(rows).splitlines()
+    assert "95% interval" in table[0] and "[+" in table[2] and "| - |" in table[3]
