@@ -140,13 +140,17 @@ def teach(msg: Message, context: Context) -> Message:
 @guarded
 @forwarded
 def restore(msg: Message, context: Context) -> Message:
-    """After a server restart (server/resume.py): the teacher loads a checkpoint and sends the global student back."""
+    """After a server restart (server/resume.py) or a live unlearning request: the teacher loads a checkpoint
+    and sends the global student back, and its logits on ``QUERY_IDS`` when asked (the next round's targets)."""
     teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_RESTORE)
     student_state = teacher.restore(
         round_index=int(rec[keys.RESTORE_ROUND]), gathered=rec.get(keys.GATHERED_BLOB), output_dir=out,
         states_dir=str(rec.get(keys.RESTORE_DIR, "")), keep=bool(rec.get(keys.RESTORE_KEEP, False)),
     )
-    return _with_student(ok_reply(msg, {keys.CLIENT_ID: node.client_id}), student_state)
+    fields: dict = {keys.CLIENT_ID: node.client_id}
+    if keys.QUERY_IDS in rec:
+        fields[keys.REFINED_BLOB] = teacher.answer(np.asarray(rec[keys.QUERY_IDS], dtype=np.int64))
+    return _with_student(ok_reply(msg, fields), student_state)
 
 
 @app.query("finish")

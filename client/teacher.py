@@ -112,6 +112,15 @@ class TeacherNode:
             self._gathered(decoded.ids, softmax_np(decoded.logits))
         return trainable_state(self.student.model)
 
+    def answer(self, ids: np.ndarray) -> bytes:
+        """The teacher's logits on public inputs ``ids`` ``(N,)``, wire format: the next round's targets
+        when the teacher's states changed between rounds (a live unlearning request)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.data.public)):
+            raise ValueError(f"query ids outside the public pool 0..{len(self.data.public) - 1}")
+        enc = encode(self.teacher.tokenizer, self.data.public_texts(ids), max_length=self.config.data.max_length)
+        return encode_logits(ids, predict_logits(self.teacher.model, enc), dtype=self.config.federation.wire_dtype)
+
     def evaluate(self) -> dict[str, float]:
         test, labels, max_len = self.data.test, self.data.labels(self.data.test), self.config.data.max_length
         out = {}

@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 
 from common import keys
 from common.config import NebulaConfig
-from common.wire import encode_logits
+from common.wire import decode_logits, encode_logits
 from server.aggregation import get_rule
 from server.consensus import round_consensus
 from server.exchange import send_and_receive
@@ -188,7 +188,9 @@ class Federation:
         first, targets = self._resume() if self.config.federation.resume else (1, None)
         history = []
         for r in range(first, self.config.federation.rounds + 1):
-            self._between_rounds(r)
+            fresh = self._between_rounds(r)
+            if fresh is not None:
+                targets = fresh
             report, targets = self.run_round(r, targets)
             summary = report.summary()
             self.metrics.append({"run_id": self.run_id, **summary})
@@ -275,12 +277,16 @@ class Federation:
             log.info("round %d: finished after the restart from its recorded consensus (teacher_ok=%s)", r, report.teacher_ok)
         return point.next_round, targets
 
-    def _restore_teacher(self, point: ResumePoint, *, states_dir: str = "", keep_states: bool = False) -> None:
+    def _restore_teacher(self, point: ResumePoint, *, states_dir: str = "", keep_states: bool = False,
+                         query_ids: np.ndarray | None = None) -> bytes | None:
         """The teacher restores round ``point.restore_round``'s checkpoint (or the states in ``states_dir``,
-        relative to the output folder, or keeps its own) and ``point``'s gathered consensus."""
+        relative to the output folder, or keeps its own) and ``point``'s gathered consensus; with ``query_ids``
+        it answers its logits on them (checked like a round's refined targets), returned in wire format."""
         fields: dict = {keys.RESTORE_ROUND: point.restore_round, keys.RESTORE_DIR: states_dir, keys.RESTORE_KEEP: keep_states}
         if point.gathered_ids is not None:
             fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, _log_probs(point.gathered_probs), dtype="float32")
+        if query_ids is not None:
+            fields[keys.QUERY_IDS] = query_ids.tolist()
         reply = self._exchange([self._message(self.teacher.node_id, keys.MSG_RESTORE, fields)]).get(self.teacher.node_id)
         if reply is None or reply.has_error():
             why = reply.error.reason if reply is not None else "no reply before the timeout"
@@ -289,6 +295,11 @@ class Federation:
             raise ResumeError(f"the teacher node could not restore {what} and the gathered consensus: {why}")
         if point.restore_round or states_dir:
             self._keep_student(reply, point.restore_round)
+        if query_ids is None:
+            return None
+        _, refined = read_logits(reply, who="teacher", round_index=point.next_round, blob_key=keys.REFINED_BLOB,
+                                 expected_ids=query_ids, num_classes=self.num_classes)
+        return refined
 
     def _drop_forgotten(self, r: int) -> None:
         """Clients an unlearning request removed are never selected again (checked at discovery and every round)."""
@@ -336,11 +347,12 @@ class Federation:
         self.student_state = state
 
     # -- unlearning between rounds (server/unlearning/, federation.unlearn_key) ------------
-    def _between_rounds(self, r: int) -> None:
+    def _between_rounds(self, r: int) -> bytes | None:
         """With ``federation.unlearn_key``: renew this run's live lease and carry out the stored unlearning
-        requests; after any of them the teacher reloads the cleaned consensus and the unlearned states."""
+        requests; after any of them the teacher reloads the cleaned consensus and the unlearned states, and
+        round ``r``'s targets are answered again by that teacher (returned; None: keep the ones computed)."""
         if not self.config.federation.unlearn_key:
-            return
+            return None
         fed = self.config.federation
         self.ledger.mark_live(self.run_id, for_seconds=3 * fed.reply_timeout + 600)
         current_before = self._unlearned_states_dir()
@@ -348,9 +360,10 @@ class Federation:
         for request in done:
             log.warning("before round %d: unlearning request %s (%s, client %s) %s%s", r, request.request_id, request.mode,
                         request.client_id, request.status, f": {request.error}" if request.error else "")
-        if any(request.status == "done" for request in done):
-            current = self._unlearned_states_dir()
-            self._restore_after_unlearning(r, states_dir=current if current != current_before else "")
+        if not any(request.status == "done" for request in done):
+            return None
+        current = self._unlearned_states_dir()
+        return self._restore_after_unlearning(r, states_dir=current if current != current_before else "")
 
     def _unlearning(self):
         if getattr(self, "_executor", None) is None:
@@ -368,13 +381,29 @@ class Federation:
                                       certificates_dir=self.out / "certificates")
         return self._executor
 
-    def _restore_after_unlearning(self, r: int, *, states_dir: str) -> None:
+    def _restore_after_unlearning(self, r: int, *, states_dir: str) -> bytes | None:
         """The teacher takes the models a model mode just left current (``states_dir``; "" keeps its own) and the
-        consensus as the ledger now holds it, for every round taught so far; the global student comes back."""
-        finished = [k for k, (_, ok) in self.ledger.finished_rounds(self.run_id).items() if ok and k < r]
+        consensus as the ledger now holds it, for every round taught so far; the global student comes back.
+
+        Round ``r``'s targets (the teacher's answers on round ``r - 1``'s inputs) were computed before the
+        request: the restored teacher answers them again, and they replace round ``r - 1``'s in the ledger
+        (so a resumed run sends these). If it cannot, round ``r`` goes without targets rather than with the
+        old ones. Returns the new targets, or None when round ``r - 1`` left none."""
+        rounds = self.ledger.finished_rounds(self.run_id)
+        finished = [k for k, (_, ok) in rounds.items() if ok and k < r]
         gathered = resume_point_gathered(self.ledger, self.run_id, up_to=max(finished, default=0))
         point = ResumePoint(self.run_id, r, None, max(finished, default=0), *gathered, None)
-        self._restore_teacher(point, states_dir=states_dir, keep_states=not states_dir)
+        old_targets = rounds.get(r - 1, (None, False))[0]
+        query = None if old_targets is None else decode_logits(old_targets, num_classes=self.num_classes).ids
+        try:
+            targets = self._restore_teacher(point, states_dir=states_dir, keep_states=not states_dir, query_ids=query)
+        except ReplyRejected as exc:
+            log.error("%s; round %d goes without targets rather than with those computed before the unlearning request", exc, r)
+            self.ledger.record_targets(self.run_id, r - 1, None, teacher_ok=False)
+            return None
+        if targets is not None:
+            self.ledger.record_targets(self.run_id, r - 1, targets, teacher_ok=True)
+        return targets
 
     def _unlearned_states_dir(self, *, newer_than: Path | None = None) -> str:
         """``unlearning/<request id>`` when an unlearning request of this run left its models current (and they

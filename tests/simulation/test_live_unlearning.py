@@ -3,8 +3,8 @@
 Round 1 runs; an operator's request to forget client-1 (fast correction: re-aggregation, then a corrective distillation of teacher and student) is stored in the ledger's
 request store; the run continues (resumed, as after a restart) with the server's signing key. Before
 round 2 the federation carries the request out, the teacher node loads the corrected states and the
-cleaned consensus, client-1 is not selected in round 2, the certificate verifies, and the live lease is
-cleared when the run ends.
+cleaned consensus and answers round 2's targets again, client-1 is not selected in round 2, the
+certificate verifies, and the live lease is cleared when the run ends.
 """
 
 import json
@@ -27,6 +27,9 @@ def live(tmp_path_factory):
     keys = write_unlearning_material(tmp_path_factory.mktemp("keys"))
     base = {"federation.output_dir": str(out), "federation.unlearn_key": str(keys.signing_key)}
     simulate(preset_config("smoke", {**base, "federation.rounds": 1}))
+    ledger = Ledger(out / "ledger.sqlite")
+    round1_targets = ledger.finished_rounds(ledger.runs()[-1])[1][0]  # computed by the teacher client-1 shaped
+    ledger.close()
     store = RequestStore(out / "ledger.sqlite")
     request, created = store.submit(client_id="client-1", reason="GDPR art. 17", mode="fast-correction",
                                     idempotency_key="ticket-1", operator_key="op")
@@ -34,7 +37,7 @@ def live(tmp_path_factory):
     history = simulate(preset_config("smoke", {**base, "federation.rounds": 2, "federation.resume": True}))
     done = store.get(request.request_id)
     store.close()
-    return dict(out=out, keys=keys, request=done, history=history)
+    return dict(out=out, keys=keys, request=done, history=history, round1_targets=round1_targets)
 
 
 def test_the_request_was_carried_out_before_round_2(live):
@@ -69,3 +72,16 @@ def test_the_forgotten_client_is_not_selected_in_round_2(live):
         assert ledger.live_run() is None  # the lease ended with the run
     finally:
         ledger.close()
+
+
+def test_round_2_was_sent_targets_answered_by_the_corrected_teacher(live):
+    from common.wire import decode_logits
+
+    ledger = Ledger(live["out"] / "ledger.sqlite")
+    try:
+        targets, teacher_ok = ledger.finished_rounds(ledger.runs()[-1])[1]
+    finally:
+        ledger.close()
+    before, after = decode_logits(live["round1_targets"], num_classes=3), decode_logits(targets, num_classes=3)
+    assert teacher_ok and after.ids.tolist() == before.ids.tolist()  # the same inputs, answered again
+    assert not (after.logits == before.logits).all()  # by the corrected teacher, not the one client-1 shaped
