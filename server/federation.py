@@ -188,9 +188,7 @@ class Federation:
         first, targets = self._resume() if self.config.federation.resume else (1, None)
         history = []
         for r in range(first, self.config.federation.rounds + 1):
-            fresh = self._between_rounds(r)
-            if fresh is not None:
-                targets = fresh
+            targets = self._between_rounds(r, targets)
             report, targets = self.run_round(r, targets)
             summary = report.summary()
             self.metrics.append({"run_id": self.run_id, **summary})
@@ -347,12 +345,13 @@ class Federation:
         self.student_state = state
 
     # -- unlearning between rounds (server/unlearning/, federation.unlearn_key) ------------
-    def _between_rounds(self, r: int) -> bytes | None:
+    def _between_rounds(self, r: int, targets: bytes | None) -> bytes | None:
         """With ``federation.unlearn_key``: renew this run's live lease and carry out the stored unlearning
         requests; after any of them the teacher reloads the cleaned consensus and the unlearned states, and
-        round ``r``'s targets are answered again by that teacher (returned; None: keep the ones computed)."""
+        round ``r``'s targets are answered again by that teacher. Returns the targets round ``r`` sends:
+        ``targets`` when no request finished."""
         if not self.config.federation.unlearn_key:
-            return None
+            return targets
         fed = self.config.federation
         self.ledger.mark_live(self.run_id, for_seconds=3 * fed.reply_timeout + 600)
         current_before = self._unlearned_states_dir()
@@ -361,7 +360,7 @@ class Federation:
             log.warning("before round %d: unlearning request %s (%s, client %s) %s%s", r, request.request_id, request.mode,
                         request.client_id, request.status, f": {request.error}" if request.error else "")
         if not any(request.status == "done" for request in done):
-            return None
+            return targets
         current = self._unlearned_states_dir()
         return self._restore_after_unlearning(r, states_dir=current if current != current_before else "")
 

@@ -253,3 +253,50 @@ def test_an_unreadable_unlearning_key_stops_the_run_before_discovery(tmp_path):
     with pytest.raises(UnlearningError, match="federation.unlearn_key .*missing.pem"):
         fed.run()
     assert grid.sent == []  # no node was asked anything
+
+
+def _live_run_forgetting_client_1(tmp_path, restore_reply: Callable[[Message], Message]):
+    """Round 1 runs; while the teacher teaches it an operator's purge request for client-1 is stored; the
+    run carries it out before round 2 and asks the teacher to restore (``restore_reply`` answers)."""
+    from deploy.certs import write_unlearning_material
+    from server.unlearning.requests import RequestStore
+
+    material = write_unlearning_material(tmp_path / "keys")
+    base = teacher()
+
+    def node(msg: Message) -> Message:
+        kind = msg.metadata.message_type
+        if kind == keys.MSG_TEACH and msg.content.config_records[keys.ROUND][keys.ROUND_INDEX] == 1:
+            store = RequestStore(tmp_path / "ledger.sqlite")
+            store.submit(client_id="client-1", reason="test", mode="purge", idempotency_key="k", operator_key="op")
+            store.close()
+        return restore_reply(msg) if kind == keys.MSG_RESTORE else base(msg)
+
+    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), 3: honest(2), TEACHER: node},
+                     **{"federation.rounds": 2, "federation.unlearn_key": str(material.signing_key)})
+    history = fed.run()
+    round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-2:]
+    assert history[-1]["round"] == 2 and "client-1" not in history[-1]["clients"] and len(round2) == 2
+    return fed, grid, round2
+
+
+def test_after_a_live_request_round_2_gets_targets_the_restored_teacher_answered(tmp_path):
+    def restore(msg: Message) -> Message:
+        ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
+        return reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(ids, np.tile([0.0, 0.0, 5.0], (len(ids), 1)))})
+
+    fed, grid, round2 = _live_run_forgetting_client_1(tmp_path, restore)
+    for m in round2:
+        targets = decode_logits(m.content.config_records[keys.ROUND][keys.TARGET_BLOB])
+        np.testing.assert_array_equal(targets.ids, fed.public_ids(1))
+        assert (targets.logits.argmax(axis=1) == 2).all()  # the restored teacher's answers, not round 1's
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    stored, ok = ledger.finished_rounds(fed.run_id)[1]
+    assert ok and (decode_logits(stored).logits.argmax(axis=1) == 2).all()  # a resumed run would send these too
+
+
+def test_a_restored_teacher_that_cannot_answer_leaves_round_2_without_targets(tmp_path, caplog):
+    fed, grid, round2 = _live_run_forgetting_client_1(tmp_path, lambda msg: reply(msg, {keys.CLIENT_ID: "teacher"}))
+    assert all(keys.TARGET_BLOB not in m.content.config_records[keys.ROUND] for m in round2)
+    assert "goes without targets" in caplog.text
+    assert Ledger(tmp_path / "ledger.sqlite").finished_rounds(fed.run_id)[1] == (None, False)
