@@ -17,6 +17,7 @@ in it before (a Ray worker shares its process with other virtual nodes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,17 @@ def merge_consensus(
         return ids, probs
     keep = ~np.isin(old_ids, ids)
     return np.concatenate([old_ids[keep], ids]), np.concatenate([old_probs[keep], probs])
+
+
+def gather_consensus(rounds: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Every target of ``rounds`` (``(ids (N,), consensus probs (N, C))`` each, in round order) as the teacher
+    node gathers them (:func:`teacher_targets`, :func:`merge_consensus`): ``(ids (M,), probs (M, C))``, or
+    ``(None, None)`` for no round."""
+    ids: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    for round_ids, consensus in rounds:
+        ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+    return ids, probs
 
 
 def teach_step(

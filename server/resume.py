@@ -47,14 +47,9 @@ class ResumePoint:
 
 def gathered_consensus(ledger: Ledger, run_id: str, *, up_to: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(ids, probs)`` of the consensus of rounds ``<= up_to`` as the teacher gathers it (None, None: no round)."""
-    from client.teacher_step import merge_consensus, teacher_targets
+    from client.teacher_step import gather_consensus
 
-    ids = probs = None
-    for r in ledger.consensus_round_indices(run_id):
-        if r <= up_to:
-            round_ids, consensus = ledger.consensus(run_id, r)
-            ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
-    return ids, probs
+    return gather_consensus(ledger.consensus(run_id, r) for r in ledger.consensus_round_indices(run_id) if r <= up_to)
 
 
 def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:

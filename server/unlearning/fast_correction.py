@@ -91,14 +91,9 @@ def consensus_change(
     """Per gathered input ``ids`` ``(M,)`` with cleaned targets ``after`` ``(M, C)``: the target it had
     before the re-aggregation (the latest affected round that held it, as the teacher gathered them),
     as ``(M, C)`` probabilities; None when any input's former target is unknown."""
-    from client.teacher_step import merge_consensus, teacher_targets
+    from client.teacher_step import gather_consensus
 
-    old_ids: np.ndarray | None = None
-    old: np.ndarray | None = None
-    for r in sorted(before):
-        if before[r] is not None:
-            round_ids, consensus = before[r]
-            old_ids, old = merge_consensus(old_ids, old, round_ids, teacher_targets(consensus))
+    old_ids, old = gather_consensus(before[r] for r in sorted(before) if before[r] is not None)
     if old_ids is None or old is None:
         return None
     pos = {int(i): k for k, i in enumerate(old_ids)}
@@ -113,7 +108,7 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
     round's consensus as it was before the re-aggregation (see the module docstring)."""
     import torch
 
-    from client.teacher_step import merge_consensus, teacher_targets
+    from client.teacher_step import gather_consensus
     from common.models import load_trainable_state, trainable_state
     from common.training import encode, fit, predict_logits, softmax_np
 
@@ -133,11 +128,7 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
     targeting = "none"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ids: np.ndarray | None = None
-        probs: np.ndarray | None = None
-        for r in rounds:
-            round_ids, consensus = ctx.ledger.consensus(run.run_id, r)
-            ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
+        ids, probs = gather_consensus(ctx.ledger.consensus(run.run_id, r) for r in rounds)
         if ids is not None and probs is not None:  # else every affected round lost its consensus: nothing to fit
             old = consensus_change({r: before[r] for r in rounds if r in before} if before else {}, ids, probs)  # same rounds as ids
             if old is not None and not np.array_equal(old, probs):
