@@ -19,7 +19,7 @@ Flower run gives every node a fresh context; with the default ``global-student``
 starts each round from the global student anyway).
 
 The configuration must be the one the run was started with, except the keys in :data:`MAY_DIFFER`
-(more rounds, another timeout).
+(more rounds, another timeout, the run folder moved or copied elsewhere).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ import numpy as np
 from server.exceptions import ResumeError
 from server.ledger import Ledger
 
-MAY_DIFFER = frozenset({"federation.resume", "federation.rounds", "federation.reply_timeout", "federation.faults"})
+# federation.output_dir: everything in a run folder is found relative to it, so a moved or copied folder resumes.
+MAY_DIFFER = frozenset(
+    {"federation.resume", "federation.rounds", "federation.reply_timeout", "federation.faults", "federation.output_dir"}
+)
 
 
 @dataclass(frozen=True)

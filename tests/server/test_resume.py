@@ -64,6 +64,13 @@ def test_nothing_finished_restores_the_initial_state(ledger, flat):
     assert (point.next_round, point.restore_round, point.targets, point.gathered_ids) == (1, 0, None, None)
 
 
+def test_a_moved_run_folder_resumes_with_more_rounds(ledger, flat):
+    ledger.start_run("run-a", flat)
+    _round(ledger, "run-a", 1)
+    moved = {**flat, "federation.output_dir": "/elsewhere/run", "federation.rounds": 9, "federation.resume": True}
+    assert resume_point(ledger, moved).next_round == 2
+
+
 def test_refusals_name_what_is_wrong(ledger, flat):
     with pytest.raises(ResumeError, match="holds no run to resume"):
         resume_point(ledger, flat)
