@@ -156,7 +156,7 @@ class Federation:
             else:
                 self.clients[node_id] = info
         # Client order, not node-id order (node ids are new each run): the consensus sums the replies in this
-        # order, and floating-point sums depend on it, so the same run repeated gives the same numbers.
+        # order, and floating-point sums depend on it; this way a repeated run sums them in the same order.
         self.clients = dict(sorted(self.clients.items(), key=lambda item: item[1].client_id))
         # Forgotten before the run: not a client of it, and its label counts reach no one.
         self._drop_forgotten(0)
