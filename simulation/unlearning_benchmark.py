@@ -11,7 +11,8 @@ compare the teacher and global student with a federation retrained without it (i
    forgotten clients every round); same data split, seeds and configuration;
    With ``repeat_retraining`` it runs a second time into ``OUT/retrained-again``: the same configuration
    and seeds, so the gaps of that row against the first are the retraining's own run-to-run spread
-   (thread scheduling and the order replies arrive in can make two runs differ), the floor under which no
+   (two runs of one configuration are not bit-identical: the server sums replies in client order, but
+   some clients' answers still differ from round 2 on, not yet traced), the floor under which no
    mode's gap means anything;
 5. teacher and global student of each are evaluated on the forgotten client's training examples
    (members), its held-out examples (non-members from the same distribution), the other clients'
