@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nebula-installed
 
-.PHONY: setup simulate benchmark test clean
+.PHONY: setup simulate benchmark test test-fast lint clean
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -26,8 +26,16 @@ simulate: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/nebula benchmark
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The fast lane: every test but the end-to-end ones on real models and loopback deployments (about 1 min).
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not e2e"
+
+# Layer contracts (pyproject.toml, [tool.importlinter]).
+lint: $(STAMP)
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,10 +6,10 @@ reply naming what was wrong; the node keeps running.
 
 torch and the training roles are imported when a training node first needs them, not at
 import: every node of a deployment runs this app (the run's FAB names it), and an
-inference node (:mod:`client.inference`) may be a device without torch.
+inference node (:mod:`nebula.client.runtime.inference`) may be a device without torch.
 
 A node with ``worker-socket`` in its node config forwards every message to its long-lived
-local worker (:mod:`client.worker`), which runs these same handlers with torch and the models
+local worker (:mod:`nebula.client.worker`), which runs these same handlers with torch and the models
 already loaded; without a worker answering there, the message is handled here.
 """
 
@@ -23,12 +23,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client import inference, worker
-from client.faults import corrupt, parse_faults
-from client.messages import describe_reply, guarded, ok_reply, read_request
-from client.node import NodeIdentity
-from common import keys
-from common.config import NebulaConfig
+from nebula.client import worker_link
+from nebula.client.runtime import inference
+from nebula.client.faults import corrupt, parse_faults
+from nebula.client.messages import describe_reply, guarded, ok_reply, read_request
+from nebula.client.node import NodeIdentity
+from nebula.common import keys
+from nebula.common.config import NebulaConfig
 
 app = ClientApp()
 log = logging.getLogger(__name__)
@@ -38,11 +39,11 @@ def forwarded(handler):
     """Send the message to the node's worker when it has one (see the module docstring)."""
 
     def wrapped(msg: Message, context: Context) -> Message:
-        socket_path = worker.worker_socket(context)
+        socket_path = worker_link.worker_socket(context)
         if socket_path:
             try:
-                return worker.forward(msg, context, socket_path)
-            except worker.WorkerUnavailable as exc:
+                return worker_link.forward(msg, context, socket_path)
+            except worker_link.WorkerUnavailable as exc:
                 log.warning("%s; handling %s in the ClientApp", exc, msg.metadata.message_type)
         return handler(msg, context)
 
@@ -67,8 +68,8 @@ def _output_dir(context: Context, round_rec: ConfigRecord) -> Path:
 
 
 def _worker(config: NebulaConfig, node: NodeIdentity, context: Context):
-    from client.edge import EdgeClient  # imports torch: see the module docstring
-    from client.teacher import TeacherNode
+    from nebula.client.edge import EdgeClient  # imports torch: see the module docstring
+    from nebula.client.teacher import TeacherNode
 
     return TeacherNode(config, context) if node.role == keys.ROLE_TEACHER else EdgeClient(config, node.index, context)
 

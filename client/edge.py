@@ -2,7 +2,7 @@
 
 Only the logits on the requested public inputs (and a few metrics) leave the device. The
 adapter lives in ``context.state`` between rounds; the frozen base model is loaded once
-per process (:func:`common.models.load_learner`).
+per process (:func:`nebula.learning.models.load_learner`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 
-from common import keys
-from common.config import NebulaConfig
-from common.federation_data import FederationData, build_federation_data
-from common.models import Learner, LoraSpec, load_learner, load_trainable_state, save_adapter, trainable_state
-from common.priors import prior_shift
-from common.training import accuracy, encode, fit, predict_logits, softmax_np
-from common.wire import decode_logits, encode_logits
+from nebula.common import keys
+from nebula.common.config import NebulaConfig
+from nebula.common.probabilities import softmax
+from nebula.common.federation_data import FederationData, build_federation_data
+from nebula.learning.models import Learner, learner_for, load_trainable_state, save_adapter, trainable_state
+from nebula.common.priors import prior_shift
+from nebula.learning.training import accuracy, encode, fit, predict_logits
+from nebula.common.wire import decode_logits, encode_logits
 
 STATE_KEY = "edge-adapter"
 
@@ -30,17 +31,6 @@ STATE_KEY = "edge-adapter"
 class RoundOutput:
     logits_blob: bytes
     metrics: dict[str, float]
-
-
-def learner_for(config: NebulaConfig, model_name: str, num_classes: int) -> Learner:
-    m = config.model
-    return load_learner(
-        model_name,
-        num_labels=num_classes,
-        lora=LoraSpec(m.lora_r, m.lora_alpha, m.lora_dropout),
-        seed=config.data.seed,
-        cache_dir=m.cache_dir or None,
-    )
 
 
 class EdgeClient:
@@ -77,7 +67,7 @@ class EdgeClient:
 
         ``start_from``: the global student's trainable state to start from (same base model).
         ``class_counts``: the federation's label counts (C,); with ``train.logit_adjust`` the
-        revisit fits this client's labels through ``logits + log pi_k - log pi`` (:mod:`common.priors`).
+        revisit fits this client's labels through ``logits + log pi_k - log pi`` (:mod:`nebula.common.priors`).
         """
         cfg, t0 = self.config, time.perf_counter()
         self.shift = self._prior_shift(class_counts)
@@ -92,7 +82,7 @@ class EdgeClient:
         if targets is not None:  # (1) digest the refined targets on last round's public inputs
             decoded = decode_logits(targets, num_classes=self.data.num_classes)
             self._check_ids(decoded.ids)
-            probs = softmax_np(decoded.logits, temperature=cfg.train.temperature)
+            probs = softmax(decoded.logits, temperature=cfg.train.temperature)
             enc = encode(tok, self.data.public_texts(decoded.ids), max_length=max_len)
             res = fit(model, enc, targets=probs, epochs=cfg.train.digest_epochs, temperature=cfg.train.temperature, seed=seed, **common)
             metrics["digest_loss"] = res.mean_loss
@@ -102,7 +92,7 @@ class EdgeClient:
         enc = encode(tok, self.data.texts(self.split.train), max_length=max_len)
         keep = None
         if round_index > 1 and cfg.train.alpha > 0:
-            keep = softmax_np(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
+            keep = softmax(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
         res = fit(
             model, enc, labels=self.data.labels(self.split.train), targets=keep, alpha=cfg.train.alpha, logit_shift=self.shift,
             temperature=cfg.train.temperature, epochs=cfg.train.local_epochs, seed=seed + 1, **common,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.wire import DecodedLogits, decode_logits, encode_logits
+from nebula.common.wire import DecodedLogits, decode_logits, encode_logits
 
 FAULT_KINDS = ("nan", "bad-ids", "truncated", "wrong-shape", "error")
 

@@ -1,6 +1,6 @@
 """Torch-free plumbing shared by the ClientApps: read a request, build a reply, survive errors.
 
-Used by :mod:`client.app` (every role) and :mod:`client.inference_app` (devices without
+Used by :mod:`nebula.client.app` (every role) and :mod:`nebula.client.runtime.app` (devices without
 torch), so it imports nothing heavier than Flower and the config.
 """
 
@@ -10,9 +10,9 @@ import logging
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
-from client.node import NodeIdentity, identify
-from common import keys
-from common.config import NebulaConfig
+from nebula.client.node import NodeIdentity, identify
+from nebula.common import keys
+from nebula.common.config import NebulaConfig
 
 log = logging.getLogger(__name__)
 BAD_REQUEST, FAILED = 400, 500

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from flwr.app import Context
 
-from common import keys
+from nebula.common import keys
 
 ROLES = (keys.ROLE_CLIENT, keys.ROLE_TEACHER, keys.ROLE_INFERENCE)
 

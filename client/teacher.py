@@ -9,7 +9,7 @@ Each round the teacher
    public and unlabeled, so the teacher may label all of it) or on the inputs seen so far,
 5. evaluates teacher and student on the global test set and checkpoints both adapters.
 
-Steps 2-4 are :func:`client.teacher_step.teach_step`, which unlearning's exact replay runs
+Steps 2-4 are :func:`nebula.learning.distill_step.teach_step`, which unlearning's exact replay runs
 offline from the ledger (server/unlearning/replay.py); this class adds the node's state
 (``context.state``), evaluation and checkpoints.
 """
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context
 
-from client.edge import learner_for
-from client.teacher_step import merge_consensus, round_seed, teach_step
-from common.config import NebulaConfig
-from common.federation_data import build_federation_data
-from common.models import Learner, load_checkpoint, load_trainable_state, save_adapter, save_checkpoint, trainable_state
-from common.training import accuracy, encode, predict_logits, softmax_np
-from common.wire import decode_logits, encode_logits
+from nebula.learning.models import learner_for
+from nebula.learning.distill_step import round_seed, teach_step
+from nebula.common.config import NebulaConfig
+from nebula.common.probabilities import merge_consensus, softmax
+from nebula.common.federation_data import build_federation_data
+from nebula.learning.models import Learner, load_checkpoint, load_trainable_state, save_adapter, save_checkpoint, trainable_state
+from nebula.learning.training import accuracy, encode, predict_logits
+from nebula.common.wire import decode_logits, encode_logits
 
 TEACHER_KEY, STUDENT_KEY, CONSENSUS_KEY = "teacher-adapter", "student-adapter", "consensus"
 
@@ -67,7 +68,7 @@ class TeacherNode:
         if len(decoded.ids) and (decoded.ids.min() < 0 or decoded.ids.max() >= len(self.data.public)):
             raise ValueError(f"consensus ids outside the public pool 0..{len(self.data.public) - 1}")
         # The consensus travels as log-probabilities: softmax at T=1 recovers it exactly.
-        round_probs = softmax_np(decoded.logits)
+        round_probs = softmax(decoded.logits)
         ids, probs = self._gathered(decoded.ids, round_probs)
         step = teach_step(
             self.teacher, self.student, self.data, cfg, gathered_ids=ids, gathered_probs=probs, round_ids=decoded.ids,
@@ -109,7 +110,7 @@ class TeacherNode:
         self.context.state.pop(CONSENSUS_KEY, None)
         if gathered is not None:
             decoded = decode_logits(gathered, num_classes=self.data.num_classes)
-            self._gathered(decoded.ids, softmax_np(decoded.logits))
+            self._gathered(decoded.ids, softmax(decoded.logits))
         return trainable_state(self.student.model)
 
     def answer(self, ids: np.ndarray) -> bytes:

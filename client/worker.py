@@ -2,7 +2,7 @@
 
 Flower starts a fresh ``flwr-clientapp`` process for every message, and each one would import
 torch, transformers and PEFT (about 8 s here) and load its models again. A node started with
-``worker-socket='PATH'`` in its node config has its ClientApp (:mod:`client.app`) forward each
+``worker-socket='PATH'`` in its node config has its ClientApp (:mod:`nebula.client.app`) forward each
 message, with the node's context, over a Unix socket to this process (``nebula worker --socket
 PATH``), which keeps the imports and the models loaded and runs the very same handlers. The reply
 and the updated context state go back to Flower as if the ClientApp had computed them: the state
@@ -25,69 +25,19 @@ import os
 import secrets
 import time
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Listener
 from pathlib import Path
 
-from flwr.app import Context, Message
-
-from common import keys
+from nebula.client import app
+from nebula.client.worker_link import ERROR, MAX_SOCKET_PATH, OK, enter_worker, key_path
 
 log = logging.getLogger(__name__)
-
-OK, ERROR = b"ok", b"error"
-MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
-_IN_WORKER = False  # set in the worker process: its handlers run the message themselves
-
-
-class WorkerUnavailable(ConnectionError):
-    """No worker answers on the socket: the ClientApp handles the message itself."""
-
-
-def key_path(socket_path: str | Path) -> Path:
-    return Path(f"{socket_path}.key")
-
-
-def worker_socket(context: Context) -> str | None:
-    """The worker socket this node's messages go to, or None (handle them in the ClientApp)."""
-    if _IN_WORKER:
-        return None
-    value = context.node_config.get(keys.NODE_WORKER_SOCKET)
-    return str(value) if value else None
-
-
-def forward(msg: Message, context: Context, socket_path: str) -> Message:
-    """Have the worker at ``socket_path`` handle ``msg``; updates ``context.state`` in place; the reply."""
-    from flwr.common.serde import context_to_proto, message_from_proto, message_to_proto, recorddict_from_proto
-    from flwr.proto.message_pb2 import Message as ProtoMessage
-    from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-
-    try:
-        authkey = key_path(socket_path).read_bytes()
-        conn = Client(socket_path, family="AF_UNIX", authkey=authkey)
-    except (OSError, EOFError) as exc:
-        raise WorkerUnavailable(f"no worker on {socket_path}: {exc}") from exc
-    except AuthenticationError as exc:  # a misconfigured node, not a missing worker: say so, do not fall back
-        raise RuntimeError(f"the worker on {socket_path} refused the key in {key_path(socket_path)}: {exc}") from exc
-    with conn:
-        try:
-            conn.send_bytes(message_to_proto(msg).SerializeToString())
-            conn.send_bytes(context_to_proto(context).SerializeToString())
-            status = conn.recv_bytes()
-            if status != OK:
-                raise RuntimeError(f"worker on {socket_path}: {conn.recv_bytes().decode(errors='replace')}")
-            reply_bytes, state_bytes = conn.recv_bytes(), conn.recv_bytes()
-        except (EOFError, OSError) as exc:
-            raise RuntimeError(f"the worker on {socket_path} stopped during the request ({type(exc).__name__}: {exc})") from exc
-    context.state = recorddict_from_proto(ProtoRecordDict.FromString(state_bytes))
-    return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
 
 def _handle(message_bytes: bytes, context_bytes: bytes) -> tuple[bytes, bytes]:
     from flwr.common.serde import context_from_proto, message_from_proto, message_to_proto, recorddict_to_proto
     from flwr.proto.message_pb2 import Context as ProtoContext
     from flwr.proto.message_pb2 import Message as ProtoMessage
-
-    from client import app
 
     handlers = app.handlers()
     msg = message_from_proto(ProtoMessage.FromString(message_bytes))
@@ -101,7 +51,6 @@ def _handle(message_bytes: bytes, context_bytes: bytes) -> tuple[bytes, bytes]:
 
 def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
     """Answer forwarded messages on ``socket_path`` until killed (or after ``max_requests``)."""
-    global _IN_WORKER
     path = Path(socket_path)
     if len(str(path)) > MAX_SOCKET_PATH:
         raise ValueError(f"worker socket path {path} is {len(str(path))} characters; AF_UNIX allows about {MAX_SOCKET_PATH}")
@@ -113,7 +62,7 @@ def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
     import transformers  # noqa: F401
     import peft  # noqa: F401
 
-    _IN_WORKER = True
+    enter_worker()
     key = key_path(path)
     authkey = secrets.token_bytes(32)
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

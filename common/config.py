@@ -172,7 +172,7 @@ class FederationConfig:
         self.inference_exports()  # parses the entries, raising on a malformed one
 
     def inference_exports(self) -> dict[int, str]:
-        """``inference_clients`` as ``{client index: export folder}`` (client/inference.py).
+        """``inference_clients`` as ``{client index: export folder}`` (client/runtime/inference.py).
 
         Each entry is ``index:folder``; the folder is everything after the first colon.
         Raises :class:`ConfigError` naming a malformed or repeated entry.

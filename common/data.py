@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.assets import BBC_PACKAGE, TWEETS_PACKAGE, AssetError, locate_package_file
+from nebula.common.packages import BBC_PACKAGE, TWEETS_PACKAGE, AssetError, locate_package_file
 
 
 @dataclass(frozen=True)

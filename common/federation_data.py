@@ -13,9 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from common.config import DataConfig
-from common.data import TextDataset, load_dataset, split_dataset
-from common.partition import label_counts, partition_indices
+from nebula.common.config import DataConfig
+from nebula.common.data import TextDataset, load_dataset, split_dataset
+from nebula.common.partition import label_counts, partition_indices
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ MSG_FINISH = "query.finish"  # server -> every node: save artefacts, final evalu
 MSG_RESTORE = "train.restore"  # server -> teacher after a restart: load a checkpoint, send the global student back
 
 # Record names inside a RecordDict.
-CONFIG = "config"  # ConfigRecord: the flat NebulaConfig (see common.config)
+CONFIG = "config"  # ConfigRecord: the flat NebulaConfig (see nebula.common.config)
 ROUND = "round"  # ConfigRecord: per-message fields below
 REPLY = "reply"  # ConfigRecord: a node's answer (payload blobs + identity)
 METRICS = "metrics"  # MetricRecord: numbers for the server's log

@@ -1,10 +1,10 @@
-"""Named presets: flat config overrides over the defaults of common.config."""
+"""Named presets: flat config overrides over the defaults of nebula.common.config."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.config import ConfigError, NebulaConfig
+from nebula.common.config import ConfigError, NebulaConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's first command: minutes on 2 cores.

@@ -4,7 +4,7 @@
 state database and runtime package installation off; registers each SuperNode's public key
 under its name; starts the teacher and client SuperNodes with their node config; submits the
 run with ``flwr run``; polls until it ends; and stops every process it started, by process id
-(:mod:`deploy.processes`), also when anything fails. ``nebula deploy up`` / ``down`` drive it.
+(:mod:`nebula.deploy.processes`), also when anything fails. ``nebula deploy up`` / ``down`` drive it.
 
 Everything a run writes stays in its folder ``RUN_DIR``:
 
@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from common import keys
-from deploy.pki import DeploymentMaterial
-from deploy.processes import ProcInfo, Started, family, read_pid_file, send_signal, spawn, stop, write_pid_file
+from nebula.common import keys
+from nebula.deploy.pki import DeploymentMaterial
+from nebula.deploy.processes import ProcInfo, Started, family, read_pid_file, send_signal, spawn, stop, write_pid_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml + sources
 CONNECTION = "nebula"
@@ -62,7 +62,7 @@ class NodeSpec:
 
     ``key`` is its private authentication key (default: ``supernodes/NAME.key`` of the material);
     ``registered=False`` starts it without registering its public key (the SuperLink refuses it);
-    ``worker=True`` starts a long-lived local worker beside it (:mod:`client.worker`) and names its
+    ``worker=True`` starts a long-lived local worker beside it (:mod:`nebula.client.worker`) and names its
     socket in the node config, so its messages are computed without a process start each.
     """
 

@@ -18,7 +18,7 @@ Layout of ``OUT_DIR`` (private keys unencrypted, mode 0600; keep the folder, or 
 ================================  ==========================================================
 
 Flower 1.41 wants SuperNode keys on a NIST curve in OpenSSH format (flower-1.41-notes.md);
-the CA, TLS and Ed25519 material comes from :mod:`deploy.certs`. Nothing is written when any
+the CA, TLS and Ed25519 material comes from :mod:`nebula.deploy.certs`. Nothing is written when any
 target file exists, unless ``force``: an existing CA or key is never replaced by accident.
 """
 
@@ -35,7 +35,7 @@ from typing import Sequence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import make_ca, make_ed25519_key, make_server_cert, write_cert, write_private_key, write_public_key
+from nebula.deploy.certs import make_ca, make_ed25519_key, make_server_cert, write_cert, write_private_key, write_public_key
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")

@@ -17,9 +17,9 @@ from typing import Callable
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import ConfigError, NebulaConfig
-from common.presets import preset_config
-from server.federation import Federation
+from nebula.common.config import ConfigError, NebulaConfig
+from nebula.common.presets import preset_config
+from nebula.server.federation import Federation
 
 log = logging.getLogger(__name__)
 

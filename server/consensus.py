@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.training import softmax_np
-from server.aggregation import AggregationRule
+from nebula.common.probabilities import softmax
+from nebula.server.aggregation import AggregationRule
 
 
 def round_consensus(
@@ -39,5 +39,5 @@ def round_consensus(
         return None, f"{len(logits)} valid replies < min_replies {min_replies}"
     if not sum(weights) > 0:
         return None, "every valid reply has weight 0 (inference-only nodes hold no data)"
-    probs = np.stack([softmax_np(z, temperature=temperature) for z in logits])  # (K, N, C)
+    probs = np.stack([softmax(z, temperature=temperature) for z in logits])  # (K, N, C)
     return rule.aggregate(probs, weights=np.asarray(weights, dtype=float), support=support), None

@@ -2,7 +2,7 @@
 
 :class:`Federation` builds the messages and interprets the replies; the grid (Flower's
 simulation or deployment engine) does the sending. Aggregation is pure math in
-``server.aggregation``; storage is the ledger's.
+``nebula.server.aggregation``; storage is the ledger's.
 
 Rules the operator should know:
 * a reply that is missing, an error, or fails validation is logged with its reason,
@@ -28,17 +28,19 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common import keys
-from common.config import NebulaConfig
-from common.wire import decode_logits, encode_logits
-from server.aggregation import get_rule
-from server.consensus import round_consensus
-from server.exchange import send_and_receive
-from server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable, UnlearningError
-from server.ledger import Contribution, Ledger
-from server.metrics_log import MetricsLog
-from server.replies import NodeInfo, parse_describe, read_logits, reply_metrics
-from server.resume import ResumePoint, gathered_consensus as resume_point_gathered, resume_point
+from nebula.common import keys
+from nebula.common.config import NebulaConfig
+from nebula.common.probabilities import log_probs
+from nebula.common.run_folder import RunFolder
+from nebula.common.wire import decode_logits, encode_logits
+from nebula.server.aggregation import get_rule
+from nebula.server.consensus import round_consensus
+from nebula.server.exchange import send_and_receive
+from nebula.server.exceptions import DiscoveryError, ReplyRejected, ResumeError, TeacherUnavailable, UnlearningError
+from nebula.server.ledger import Contribution, Ledger
+from nebula.server.metrics_log import MetricsLog
+from nebula.server.replies import NodeInfo, parse_describe, read_logits, reply_metrics
+from nebula.server.resume import ResumePoint, gathered_consensus as resume_point_gathered, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,11 @@ class Federation:
         self, grid: Grid, config: NebulaConfig, *, on_round: Callable[[dict], None] | None = None
     ) -> None:
         self.grid, self.config = grid, config
-        self.out = Path(config.federation.output_dir)
+        self.folder = RunFolder(Path(config.federation.output_dir))
+        self.out = self.folder.root
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.out / "ledger.sqlite")
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.ledger = Ledger(self.folder.ledger)
+        self.metrics = MetricsLog(self.folder.metrics)
         self.rule = get_rule(config.federation.aggregation)
         self.run_id = uuid.uuid4().hex[:12]
         self.on_round = on_round or (lambda summary: None)
@@ -260,7 +263,7 @@ class Federation:
         point = resume_point(self.ledger, self.config.to_flat())
         self.run_id = point.run_id
         log.info("resuming run %s at round %d (teacher restores round %d)", point.run_id, point.next_round, point.restore_round)
-        checkpoint = self.out / "checkpoints" / f"round-{point.restore_round:03d}" / "teacher.pt"
+        checkpoint = self.folder.checkpoint(point.restore_round) / "teacher.pt"
         states_dir = self._unlearned_states_dir(newer_than=checkpoint if point.restore_round else None)
         if states_dir:
             log.warning("resuming from the models unlearning left in %s (newer than the last checkpoint)", states_dir)
@@ -285,7 +288,7 @@ class Federation:
         it answers its logits on them (checked like a round's refined targets), returned in wire format."""
         fields: dict = {keys.RESTORE_ROUND: point.restore_round, keys.RESTORE_DIR: states_dir, keys.RESTORE_KEEP: keep_states}
         if point.gathered_ids is not None:
-            fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, _log_probs(point.gathered_probs), dtype="float32")
+            fields[keys.GATHERED_BLOB] = encode_logits(point.gathered_ids, log_probs(point.gathered_probs), dtype="float32")
         if query_ids is not None:
             fields[keys.QUERY_IDS] = query_ids.tolist()
         reply = self._exchange([self._message(self.teacher.node_id, keys.MSG_RESTORE, fields)]).get(self.teacher.node_id)
@@ -312,8 +315,8 @@ class Federation:
 
     def _teach(self, r: int, ids: np.ndarray, consensus: np.ndarray, report: RoundReport) -> bytes:
         """Hand the consensus to the teacher; its refined logits are next round's targets."""
-        log_probs = _log_probs(consensus)
-        msg = self._message(self.teacher.node_id, keys.MSG_TEACH, {keys.ROUND_INDEX: r, keys.CONSENSUS_BLOB: encode_logits(ids, log_probs, dtype="float32")})
+        sent = log_probs(consensus)  # (N, C)
+        msg = self._message(self.teacher.node_id, keys.MSG_TEACH, {keys.ROUND_INDEX: r, keys.CONSENSUS_BLOB: encode_logits(ids, sent, dtype="float32")})
         t_send = time.perf_counter()
         reply = self._exchange([msg]).get(self.teacher.node_id)
         report.teacher_wait_seconds = time.perf_counter() - t_send
@@ -324,7 +327,7 @@ class Federation:
         except ReplyRejected as exc:
             log.error("%s; the consensus itself becomes next round's targets", exc)
             # Scaled by T so that the clients' softmax(z / T) gives back the consensus.
-            return encode_logits(ids, log_probs * self.config.train.temperature, dtype=self.config.federation.wire_dtype)
+            return encode_logits(ids, sent * self.config.train.temperature, dtype=self.config.federation.wire_dtype)
         report.teacher_ok = True
         report.teacher_metrics = reply_metrics(reply)
         self._keep_student(reply, r)
@@ -369,18 +372,18 @@ class Federation:
 
     def _unlearning(self):
         if getattr(self, "_executor", None) is None:
-            from server.unlearning.crypto import load_private_key
-            from server.unlearning.executor import Executor
-            from server.unlearning.requests import RequestStore
+            from nebula.server.unlearning.crypto import load_private_key
+            from nebula.server.unlearning.executor import Executor
+            from nebula.server.unlearning.requests import RequestStore
 
             key_path = self.config.federation.unlearn_key
             try:
                 key = load_private_key(key_path)
             except (OSError, ValueError, TypeError) as exc:
                 raise UnlearningError(f"federation.unlearn_key {key_path}: {exc}") from exc
-            path = self.out / "ledger.sqlite"
+            path = self.folder.ledger
             self._executor = Executor(ledger=Ledger(path), store=RequestStore(path), run_dir=self.out, signing_key=key,
-                                      certificates_dir=self.out / "certificates")
+                                      certificates_dir=self.folder.certificates)
         return self._executor
 
     def _restore_after_unlearning(self, r: int, *, states_dir: str) -> bytes | None:
@@ -410,14 +413,13 @@ class Federation:
     def _unlearned_states_dir(self, *, newer_than: Path | None = None) -> str:
         """``unlearning/<request id>`` when an unlearning request of this run left its models current (and they
         are newer than ``newer_than``), else ""."""
-        from server.unlearning.models import MANIFEST, RunModels, current_request_dir
-
-        run = RunModels(self.out, self.run_id, self.config)
-        folder = current_request_dir(run)
-        if folder is None or (newer_than is not None and newer_than.is_file()
-                              and newer_than.stat().st_mtime_ns >= (folder / MANIFEST).stat().st_mtime_ns):
+        request_id = self.folder.current_request(self.run_id)
+        if request_id is None:
             return ""
-        return run.relative(folder)
+        manifest = self.folder.request_manifest(request_id)
+        if newer_than is not None and newer_than.is_file() and newer_than.stat().st_mtime_ns >= manifest.stat().st_mtime_ns:
+            return ""
+        return self.folder.relative(self.folder.request_dir(request_id))
 
     def finish(self) -> None:
         if self.config.federation.unlearn_key:
@@ -429,11 +431,6 @@ class Federation:
                 why = replies[n].error.reason if n in replies else "no reply"
                 log.warning("node %s could not save its adapters: %s", n, why)
         self.ledger.close()
-
-
-def _log_probs(probs: np.ndarray) -> np.ndarray:
-    """What the teacher is sent for probabilities ``(N, C)``: ``log(max(p, 1e-12))`` as float32 (it takes softmax at T=1)."""
-    return np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
 
 
 def _payload_bytes(msg: Message) -> int:

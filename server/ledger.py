@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.exceptions import LedgerError
+from nebula.server.exceptions import LedgerError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

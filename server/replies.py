@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from common import keys
-from common.wire import DecodedLogits, WireFormatError, decode_logits
-from server.exceptions import ReplyRejected
+from nebula.common import keys
+from nebula.common.wire import DecodedLogits, WireFormatError, decode_logits
+from nebula.server.exceptions import ReplyRejected
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.exceptions import ResumeError
-from server.ledger import Ledger
+from nebula.common.probabilities import gather_consensus
+from nebula.server.exceptions import ResumeError
+from nebula.server.ledger import Ledger
 
 # federation.output_dir: everything in a run folder is found relative to it, so a moved or copied folder resumes.
 MAY_DIFFER = frozenset(
@@ -50,7 +51,6 @@ class ResumePoint:
 
 def gathered_consensus(ledger: Ledger, run_id: str, *, up_to: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(ids, probs)`` of the consensus of rounds ``<= up_to`` as the teacher gathers it (None, None: no round)."""
-    from client.teacher_step import gather_consensus
 
     return gather_consensus(ledger.consensus(run_id, r) for r in ledger.consensus_round_indices(run_id) if r <= up_to)
 

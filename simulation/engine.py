@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from common.config import NebulaConfig
+from nebula.common.config import NebulaConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def simulate(
     """
     from flwr.simulation import run_simulation  # heavy import, only when simulating
 
-    from client.app import app as client_app
-    from server.app import build_server_app
+    from nebula.client.app import app as client_app
+    from nebula.server.app import build_server_app
 
     cores = os.cpu_count() or 1
     nodes = config.data.num_clients + 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulation.baselines import BaselineResult
+from nebula.simulation.baselines import BaselineResult
 
 COLUMNS = ("method", "mean client acc", "min client", "client own-split acc", "teacher", "global student", "up B/client/round", "down B/client/round", "seconds")
 ACCURACY_COLUMNS = frozenset(COLUMNS[1:6])

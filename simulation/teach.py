@@ -2,7 +2,7 @@
 
 What a teacher node running ``base`` would have learnt from the same federation, without running
 the federation again: the consensus targets of every round the ledger holds (a re-sent public
-input keeps its latest target, as :func:`client.teacher_step.merge_consensus` gathers them), ``epochs``
+input keeps its latest target, as :func:`nebula.learning.distill_step.merge_consensus` gathers them), ``epochs``
 passes of the teacher's own fit (KL at the run's temperature, the run's teacher learning rate and
 batch), then accuracy on the run's global test set and the adapter saved where
 ``PeftModel.from_pretrained`` loads it. Used to compare an export with a bigger teacher (the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.exceptions import LedgerError
-from server.ledger import Ledger
+from nebula.server.exceptions import LedgerError
+from nebula.server.ledger import Ledger
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TeachReport:
 
 def gathered_consensus(ledger: Ledger, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(ids (M,), probs (M, C))``: every round's consensus of ``run_id``, as the teacher node gathers it."""
-    from server.resume import gathered_consensus as gathered_up_to
+    from nebula.server.resume import gathered_consensus as gathered_up_to
 
     rounds = ledger.consensus_round_indices(run_id)
     ids, probs = gathered_up_to(ledger, run_id, up_to=max(rounds, default=0))
@@ -60,11 +60,11 @@ def teach_from_run(
 
     ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress).
     """
-    from client.edge import learner_for
-    from common.federation_data import build_federation_data
-    from common.models import load_trainable_state, save_adapter
-    from common.training import accuracy, encode, fit, predict_logits
-    from server.unlearning.models import run_of
+    from nebula.learning.models import learner_for
+    from nebula.common.federation_data import build_federation_data
+    from nebula.learning.models import load_trainable_state, save_adapter
+    from nebula.learning.training import accuracy, encode, fit, predict_logits
+    from nebula.server.unlearning.models import run_of
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")

@@ -36,8 +36,8 @@ from typing import Callable
 
 import numpy as np
 
-from common.config import NebulaConfig
-from server.unlearning.fast_correction import CorrectionBudget
+from nebula.common.config import NebulaConfig
+from nebula.server.unlearning.fast_correction import CorrectionBudget
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BenchmarkResult:
 
 
 def client_with_most_data(config: NebulaConfig) -> str:
-    from common.federation_data import build_federation_data
+    from nebula.common.federation_data import build_federation_data
 
     data = build_federation_data(config.data)
     return f"client-{int(np.argmax([len(c.train) for c in data.clients]))}"
@@ -91,8 +91,8 @@ def _federate(config: NebulaConfig, out: Path, *, workers: int | None, forget: s
               on_round: Callable[[dict], None] | None = None) -> float:
     import dataclasses
 
-    from server.ledger import Ledger
-    from simulation.engine import simulate
+    from nebula.server.ledger import Ledger
+    from nebula.simulation.engine import simulate
 
     if out.exists():
         shutil.rmtree(out)
@@ -111,10 +111,10 @@ def _forget(folder: Path, client: str, mode: str, bench: UnlearningBenchmark) ->
     """Carry out one request on a copied run folder through the executor; returns (seconds, certificate)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from server.ledger import Ledger
-    from server.unlearning.executor import Executor
-    from server.unlearning.fast_correction import FastCorrectionMode
-    from server.unlearning.requests import RequestStore
+    from nebula.server.ledger import Ledger
+    from nebula.server.unlearning.executor import Executor
+    from nebula.server.unlearning.fast_correction import FastCorrectionMode
+    from nebula.server.unlearning.requests import RequestStore
 
     ledger_path = folder / "ledger.sqlite"
     store = RequestStore(ledger_path)
@@ -137,7 +137,7 @@ class _Evaluator:
     """Logits of a run folder's current teacher and global student on the verification sets (cached by state hash)."""
 
     def __init__(self, config: NebulaConfig, client: str) -> None:
-        from common.federation_data import build_federation_data
+        from nebula.common.federation_data import build_federation_data
 
         self.config, self.data = config, build_federation_data(config.data)
         k = int(client.rsplit("-", 1)[1])
@@ -148,11 +148,11 @@ class _Evaluator:
         self._cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     def logits(self, folder: Path) -> dict[str, dict[str, np.ndarray]]:
-        from common.models import load_trainable_state
-        from common.training import encode, predict_logits
-        from server.ledger import Ledger
-        from server.unlearning import models as store
-        from server.unlearning.arithmetic import state_sha256
+        from nebula.learning.models import load_trainable_state
+        from nebula.learning.training import encode, predict_logits
+        from nebula.server.ledger import Ledger
+        from nebula.server.unlearning import models as store
+        from nebula.server.unlearning.arithmetic import state_sha256
 
         ledger = Ledger(folder / "ledger.sqlite")
         try:
@@ -177,8 +177,8 @@ class _Evaluator:
 def run_benchmark(bench: UnlearningBenchmark, *, on_round: Callable[[dict], None] | None = None,
                   say: Callable[[str], None] = print) -> BenchmarkResult:
     """Steps 1-5 of the module docstring; returns the rows and the Markdown table (also written to OUT)."""
-    from server.unlearning import available_modes
-    from server.unlearning.verification import markdown_table, verification_rows
+    from nebula.server.unlearning import available_modes
+    from nebula.server.unlearning.verification import markdown_table, verification_rows
 
     modes = bench.modes or tuple(sorted(available_modes(), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m)))
     client = bench.client or client_with_most_data(bench.config)

@@ -13,8 +13,8 @@ imports them all. Use ``get_rule(name, **params)``; ``available_rules()`` lists 
 =================  ==========================================================
 """
 
-from server.aggregation import class_contrast, class_support, entropy, mean, median, trimmed_mean  # noqa: F401  (registration)
-from server.aggregation.base import AggregationError, AggregationRule, check_inputs
-from server.aggregation.registry import available_rules, get_rule, register
+from nebula.server.aggregation import class_contrast, class_support, entropy, mean, median, trimmed_mean  # noqa: F401  (registration)
+from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from nebula.server.aggregation.registry import available_rules, get_rule, register
 
 __all__ = ["AggregationError", "AggregationRule", "available_rules", "check_inputs", "get_rule", "register"]

@@ -10,7 +10,7 @@ inputs into one consensus distribution per input. Shapes used throughout:
 * result      ``(N, C)``: float64 consensus probabilities, rows sum to 1, finite.
 
 Rules are small classes (their hyper-parameters are constructor arguments, keyword-only)
-registered by name in :mod:`server.aggregation.registry`; the arithmetic is pure numpy.
+registered by name in :mod:`nebula.server.aggregation.registry`; the arithmetic is pure numpy.
 """
 
 from __future__ import annotations

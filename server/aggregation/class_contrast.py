@@ -24,7 +24,7 @@ between classes some client holds together: the contrasts flow through clients t
 two or more classes. A client whose support is one class, or none (an inference-only node),
 only moves its own offset and does not change the consensus.
 
-This suits clients trained with logit adjustment (``train.logit_adjust``, common.priors),
+This suits clients trained with logit adjustment (``train.logit_adjust``, nebula.common.priors),
 whose scores estimate the federation's posterior; their local prior is not in ``log p``.
 
 Fallbacks, so the rule is always defined:
@@ -41,8 +41,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from server.aggregation.base import AggregationError, AggregationRule, check_inputs
-from server.aggregation.registry import register
+from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from nebula.server.aggregation.registry import register
 
 _LOG_FLOOR = 1e-12  # probabilities below this are treated as this (log stays finite)
 _TOLERANCE = 1e-10  # sweeps stop when no entry of f moves more than this

@@ -25,8 +25,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from server.aggregation.base import AggregationError, AggregationRule, check_inputs
-from server.aggregation.registry import register
+from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from nebula.server.aggregation.registry import register
 
 _TINY = 1e-300  # log(0) guard; exp(log(_TINY) / T) underflows to 0, as it should
 

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from server.aggregation.base import AggregationRule, check_inputs, weighted_mean
-from server.aggregation.registry import register
+from nebula.server.aggregation.base import AggregationRule, check_inputs, weighted_mean
+from nebula.server.aggregation.registry import register
 
 
 @register

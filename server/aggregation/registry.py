@@ -1,7 +1,7 @@
 """Registry of aggregation rules by name (as PEFT registers its tuners).
 
-A rule module decorates its class with :func:`register`; :mod:`server.aggregation` imports
-every rule module, so ``get_rule("median")`` works after ``import server.aggregation``.
+A rule module decorates its class with :func:`register`; :mod:`nebula.server.aggregation` imports
+every rule module, so ``get_rule("median")`` works after ``import nebula.server.aggregation``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import TypeVar
 
-from server.aggregation.base import AggregationError, AggregationRule
+from nebula.server.aggregation.base import AggregationError, AggregationRule
 
 _RULES: dict[str, type[AggregationRule]] = {}
 R = TypeVar("R", bound=type[AggregationRule])

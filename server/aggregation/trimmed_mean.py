@@ -19,8 +19,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from server.aggregation.base import AggregationError, AggregationRule, check_inputs, normalise_rows
-from server.aggregation.registry import register
+from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs, normalise_rows
+from nebula.server.aggregation.registry import register
 
 
 @register

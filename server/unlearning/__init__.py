@@ -12,12 +12,11 @@ Modes (one module each, registered by name; ``get_mode(name)``, ``available_mode
 ===================  ===========================================================================
 
 See README.md beside this file for what each mode guarantees, and the operator workflow.
-Importing this package imports the mode modules (registration) and nothing that needs grpc or
-torch (the model modes import torch when they run).
+Importing this package imports no mode: the registry imports the built-in ones on first use
+(:mod:`nebula.server.unlearning.registry`), and the model modes import torch only when they run.
 """
 
-from server.unlearning import fast_correction, purge, reaggregate, replay  # noqa: F401  (registration)
-from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
-from server.unlearning.registry import available_modes, get_mode, register
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
+from nebula.server.unlearning.registry import available_modes, get_mode, register
 
 __all__ = ["UnlearnContext", "UnlearnMode", "UnlearnOutcome", "available_modes", "get_mode", "register"]

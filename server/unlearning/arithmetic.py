@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from common.wire import decode_logits
-from server.aggregation import AggregationRule
+from nebula.common.wire import decode_logits
+from nebula.server.aggregation import AggregationRule
 
 CONSENSUS_MAGIC = b"NBCS"
 STATE_MAGIC = b"NBST"
@@ -85,7 +85,7 @@ def recompute_consensus(
 
     Parameters
     ----------
-    payloads : sequence of K wire payloads (``common.wire``), each holding exactly ``ids``.
+    payloads : sequence of K wire payloads (``nebula.common.wire``), each holding exactly ``ids``.
     weights : (K,) the contributions' weights.
     ids : (N,) the round's public-input ids; the result's rows follow this order.
     num_classes : C.
@@ -99,7 +99,7 @@ def recompute_consensus(
     np.ndarray (N, C) float32, or None where the federation would not aggregate the round: fewer
     than ``min_replies`` contributions, or all of weight 0 (inference-only nodes hold no data).
     """
-    from server.consensus import round_consensus  # the federation's own rule; imported here as it brings torch
+    from nebula.server.consensus import round_consensus  # the federation's own rule; imported here as it brings torch
 
     logits = [decode_logits(p, expected_ids=ids, num_classes=num_classes).logits for p in payloads]
     consensus, _ = round_consensus(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from server.exceptions import MissingSignature, OperatorAuthError
-from server.unlearning.crypto import SIGNATURE_BYTES, key_id, load_public_key, sign, signature_ok
+from nebula.server.exceptions import MissingSignature, OperatorAuthError
+from nebula.server.unlearning.crypto import SIGNATURE_BYTES, key_id, load_public_key, sign, signature_ok
 
 SIGNING_DOMAIN = b"nebula-operator-call/1\n"
 NONCE_CHARS = (16, 128)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from server.ledger import ConsensusRevision, Ledger, Tombstone
+from nebula.server.ledger import ConsensusRevision, Ledger, Tombstone
 
 
 def _no_checkpoint(step: str) -> None:
@@ -65,7 +65,7 @@ class UnlearnMode(abc.ABC):
 
         Raises
         ------
-        server.exceptions.NebulaServerError, server.aggregation.AggregationError, common.wire.WireFormatError
+        nebula.server.exceptions.NebulaServerError, nebula.server.aggregation.AggregationError, nebula.common.wire.WireFormatError
             When the ledger cannot be changed or holds data that cannot be re-aggregated; every
             committed step stays committed, and the request is marked failed with the message.
         """

@@ -33,11 +33,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from server.exceptions import CertificateError, MalformedCertificate
-from server.unlearning.arithmetic import digest_of
-from server.unlearning.base import UnlearnOutcome
-from server.unlearning.crypto import SIGNATURE_BYTES, key_id, load_public_key, sign, signature_ok
-from server.unlearning.requests import UnlearnRequest, iso_time
+from nebula.server.exceptions import CertificateError, MalformedCertificate
+from nebula.server.unlearning.arithmetic import digest_of
+from nebula.server.unlearning.base import UnlearnOutcome
+from nebula.server.unlearning.crypto import SIGNATURE_BYTES, key_id, load_public_key, sign, signature_ok
+from nebula.server.unlearning.requests import UnlearnRequest, iso_time
 
 CERTIFICATE_FORMAT = "nebula-unlearning-certificate/1"
 SIGNING_DOMAIN = b"nebula-unlearning-certificate/1\n"

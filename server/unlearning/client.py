@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from server.unlearning.auth import call_fields, sign_call
-from server.unlearning.crypto import load_private_key
-from server.unlearning.proto import unlearn_pb2 as pb
-from server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
+from nebula.server.unlearning.auth import call_fields, sign_call
+from nebula.server.unlearning.crypto import load_private_key
+from nebula.server.unlearning.proto import unlearn_pb2 as pb
+from nebula.server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
 
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -25,11 +25,11 @@ from typing import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.ledger import Ledger
-from server.unlearning.base import UnlearnContext, UnlearnMode
-from server.unlearning.certificate import build_certificate, sign_certificate
-from server.unlearning.registry import get_mode
-from server.unlearning.requests import RequestStore, UnlearnRequest
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode
+from nebula.server.unlearning.certificate import build_certificate, sign_certificate
+from nebula.server.unlearning.registry import get_mode
+from nebula.server.unlearning.requests import RequestStore, UnlearnRequest
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from server.unlearning import models as store
-from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
-from server.unlearning.reaggregate import ReaggregateMode
-from server.unlearning.registry import register
+from nebula.common.probabilities import gather_consensus, softmax
+from nebula.server.unlearning import models as store
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
+from nebula.server.unlearning.reaggregate import ReaggregateMode
+from nebula.server.unlearning.registry import register
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,6 @@ def consensus_change(
     """Per gathered input ``ids`` ``(M,)`` with cleaned targets ``after`` ``(M, C)``: the target it had
     before the re-aggregation (the latest affected round that held it, as the teacher gathered them),
     as ``(M, C)`` probabilities; None when any input's former target is unknown."""
-    from client.teacher_step import gather_consensus
 
     old_ids, old = gather_consensus(before[r] for r in sorted(before) if before[r] is not None)
     if old_ids is None or old is None:
@@ -108,9 +108,8 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
     round's consensus as it was before the re-aggregation (see the module docstring)."""
     import torch
 
-    from client.teacher_step import gather_consensus
-    from common.models import load_trainable_state, trainable_state
-    from common.training import encode, fit, predict_logits, softmax_np
+    from nebula.learning.models import load_trainable_state, trainable_state
+    from nebula.learning.training import encode, fit, predict_logits
 
     affected = store.affected_rounds(ctx, run)
     taught = set(ctx.ledger.consensus_round_indices(run.run_id))
@@ -136,7 +135,7 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
                 ranking = rank_by_divergence(old, probs)  # where the client had moved the targets most, first
             else:
                 targeting = "teacher disagreement"
-                current = softmax_np(predict_logits(teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len)), temperature=T)
+                current = softmax(predict_logits(teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len)), temperature=T)
                 ranking = rank_by_divergence(probs, current)
             pick = np.sort(ranking[: budget.teacher_steps * cfg.batch_size])
             result = fit(
@@ -148,7 +147,7 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
         else:
             student_ids = np.sort(np.random.default_rng(seed).permutation(len(data.public))[: budget.student_steps * cfg.batch_size])
         texts = data.public_texts(student_ids)
-        corrected = softmax_np(predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T)
+        corrected = softmax(predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T)
         result = fit(
             student.model, encode(student.tokenizer, texts, max_length=max_len), targets=corrected,
             epochs=1, temperature=T, lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,

@@ -1,6 +1,6 @@
 """The teacher and global student of a run, as the model-changing modes read and write them.
 
-Files and learners only; the training is :mod:`client.teacher_step` and the modes' own modules.
+Files and learners only; the training is :mod:`nebula.learning.distill_step` and the modes' own modules.
 
 A run folder (``federation.output_dir``, the ledger's folder) holds::
 
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, NebulaConfig
-from server.exceptions import LedgerError, UnlearningError
-from server.ledger import Ledger
-from server.unlearning.arithmetic import state_sha256
-from server.unlearning.base import UnlearnContext
+from nebula.common.config import ConfigError, NebulaConfig
+from nebula.server.exceptions import LedgerError, UnlearningError
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning.arithmetic import state_sha256
+from nebula.server.unlearning.base import UnlearnContext
 
 CURRENT = "CURRENT"
 MANIFEST = "models.json"
@@ -93,7 +93,7 @@ def affected_rounds(ctx: UnlearnContext, run: RunModels) -> list[int]:
 
 def load_states(folder: Path) -> tuple[dict, dict]:
     """``(teacher, student)`` trainable states from ``folder/{teacher,student}.pt``."""
-    from common.models import load_checkpoint
+    from nebula.learning.models import load_checkpoint
 
     try:
         return load_checkpoint(folder)
@@ -102,8 +102,8 @@ def load_states(folder: Path) -> tuple[dict, dict]:
 
 
 def save_states(folder: Path, teacher: dict, student: dict) -> None:
-    """Write both states as TeacherNode.checkpoint does (common/models.py, ``save_checkpoint``)."""
-    from common.models import save_checkpoint
+    """Write both states as TeacherNode.checkpoint does (learning/models.py, ``save_checkpoint``)."""
+    from nebula.learning.models import save_checkpoint
 
     save_checkpoint(folder, teacher, student)
 
@@ -131,8 +131,8 @@ def current_states(run: RunModels) -> tuple[dict, dict, str]:
 
 def learners(run: RunModels):
     """``(teacher, student, data)``: the run's learners (this process's cached base models) and data view."""
-    from client.edge import learner_for
-    from common.federation_data import build_federation_data
+    from nebula.learning.models import learner_for
+    from nebula.common.federation_data import build_federation_data
 
     data = build_federation_data(run.config.data)
     model = run.config.model
@@ -170,7 +170,7 @@ def hashes(model: str, before: dict, after: dict) -> dict[str, str]:
 
 def publish(run: RunModels, request_id: str, teacher, student, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the request's final states, adapters and ``models.json``, then point ``CURRENT`` at it."""
-    from common.models import save_adapter, trainable_state
+    from nebula.learning.models import save_adapter, trainable_state
 
     folder = run.request_dir(request_id)
     save_states(folder, trainable_state(teacher.model), trainable_state(student.model))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
-from server.unlearning.registry import register
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
+from nebula.server.unlearning.registry import register
 
 
 @register

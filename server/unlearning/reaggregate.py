@@ -24,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from common.config import ConfigError, NebulaConfig
-from server.aggregation import get_rule
-from server.exceptions import LedgerError
-from server.ledger import ConsensusRevision
-from server.unlearning.arithmetic import consensus_sha256, recompute_consensus, support_matrix
-from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
-from server.unlearning.purge import purge
-from server.unlearning.registry import register
+from nebula.common.config import ConfigError, NebulaConfig
+from nebula.server.aggregation import get_rule
+from nebula.server.exceptions import LedgerError
+from nebula.server.ledger import ConsensusRevision
+from nebula.server.unlearning.arithmetic import consensus_sha256, recompute_consensus, support_matrix
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
+from nebula.server.unlearning.purge import purge
+from nebula.server.unlearning.registry import register
 
 RUN_KEYS = ("train.temperature", "federation.min_replies", "data.num_clients")
 

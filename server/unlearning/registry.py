@@ -1,16 +1,26 @@
-"""Registry of unlearning modes by name (as ``server.aggregation`` registers its rules).
+"""Registry of unlearning modes by name (as ``nebula.server.aggregation`` registers its rules).
 
-A mode module decorates its class with :func:`register`; :mod:`server.unlearning` imports every
-mode module, so ``get_mode("reaggregate")`` works after ``import server.unlearning``.
+A mode module decorates its class with :func:`register`. The built-in modes are imported by name the
+first time the registry is asked (:data:`BUILTIN_MODES`): the model modes train with torch, and a
+process that only stores requests, or a ServerApp that carries out purge requests between rounds,
+must not import it for nothing.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TypeVar
 
-from server.exceptions import InvalidUnlearnRequest
-from server.unlearning.base import UnlearnMode
+from nebula.server.exceptions import InvalidUnlearnRequest
+from nebula.server.unlearning.base import UnlearnMode
 
+# Modules of the built-in modes, imported (and so registered) on first use of the registry.
+BUILTIN_MODES = (
+    "nebula.server.unlearning.purge",
+    "nebula.server.unlearning.reaggregate",
+    "nebula.server.unlearning.replay",
+    "nebula.server.unlearning.fast_correction",
+)
 _MODES: dict[str, type[UnlearnMode]] = {}
 M = TypeVar("M", bound=type[UnlearnMode])
 
@@ -27,6 +37,7 @@ def register(cls: M) -> M:
 
 def get_mode(name: str) -> UnlearnMode:
     """A new instance of the mode registered as ``name``; InvalidUnlearnRequest names the available ones."""
+    _load_builtin()
     try:
         return _MODES[name]()
     except KeyError:
@@ -34,8 +45,14 @@ def get_mode(name: str) -> UnlearnMode:
 
 
 def available_modes() -> tuple[str, ...]:
+    _load_builtin()
     return tuple(sorted(_MODES))
 
 
 def mode_summaries() -> dict[str, str]:
     return {name: _MODES[name].summary for name in available_modes()}
+
+
+def _load_builtin() -> None:
+    for module in BUILTIN_MODES:
+        importlib.import_module(module)  # registers its mode (cached after the first call)

@@ -5,7 +5,7 @@ federation's checkpoint of the last round taught before the earliest affected ro
 the client's first contribution, or an earlier round another request revised), or to their seeded
 initial state when that is round 1. Every later round that still has a consensus is then taught
 again, offline, from the ledger's revised consensus, with the teacher node's own round function
-(:func:`client.teacher_step.teach_step`: same gathered targets in the same order, seeds, epochs,
+(:func:`nebula.learning.distill_step.teach_step`: same gathered targets in the same order, seeds, epochs,
 learning rates and temperature, the student distilled on the public pool). No edge client is needed.
 A round whose consensus the re-aggregation removed (too few contributions left) is skipped, as the
 federation would have skipped it.
@@ -31,12 +31,13 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from server.exceptions import UnlearningError
-from server.ledger import Ledger
-from server.unlearning import models as store
-from server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
-from server.unlearning.reaggregate import ReaggregateMode
-from server.unlearning.registry import register
+from nebula.common.probabilities import merge_consensus, teacher_targets
+from nebula.server.exceptions import UnlearningError
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning import models as store
+from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
+from nebula.server.unlearning.reaggregate import ReaggregateMode
+from nebula.server.unlearning.registry import register
 
 
 @register
@@ -73,8 +74,8 @@ def replay_rounds(ledger: Ledger, run: store.RunModels, *, first_round: int, out
     from ``first_round`` on again from the ledger's consensus, each round's states written to
     ``out/round-NNN/{teacher,student}.pt``. With nothing removed, this reproduces the run's own
     checkpoints (tests/server/unlearning/test_model_modes.py)."""
-    from client.teacher_step import merge_consensus, round_seed, teach_step, teacher_targets
-    from common.models import load_trainable_state, trainable_state
+    from nebula.learning.distill_step import round_seed, teach_step
+    from nebula.learning.models import load_trainable_state, trainable_state
 
     teacher, student, data = store.learners(run)
     taught = ledger.consensus_round_indices(run.run_id)
@@ -110,7 +111,7 @@ def replay_rounds(ledger: Ledger, run: store.RunModels, *, first_round: int, out
 
 def replay(ctx: UnlearnContext, run: store.RunModels) -> dict[str, Any]:
     """Restore and replay ``run`` as the module docstring says; returns the certificate's ``models`` field."""
-    from common.models import trainable_state
+    from nebula.learning.models import trainable_state
 
     affected = store.affected_rounds(ctx, run)
     if not affected:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest, UnlearningError
-from server.ledger import connect_sqlite, write_transaction
-from server.unlearning.crypto import canonical_json
+from nebula.server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest, UnlearningError
+from nebula.server.ledger import connect_sqlite, write_transaction
+from nebula.server.unlearning.crypto import canonical_json
 
 STATUSES = ("queued", "running", "done", "failed")
 MAX_CHARS = {"client_id": 256, "reason": 2000, "mode": 64, "idempotency_key": 200}

@@ -34,17 +34,17 @@ from typing import Callable
 
 import grpc
 
-from server.exceptions import (
+from nebula.server.exceptions import (
     IdempotencyConflict, InvalidUnlearnRequest, MissingSignature, OperatorAuthError, UnknownClient, UnknownRequest, UnlearningError,
 )
-from server.ledger import Ledger
-from server.unlearning.auth import CallAuth, TrustedOperators, call_fields, check_call
-from server.unlearning.crypto import load_private_key
-from server.unlearning.executor import Executor
-from server.unlearning.proto import unlearn_pb2 as pb
-from server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
-from server.unlearning.registry import available_modes
-from server.unlearning.requests import STATUSES, RequestStore, UnlearnRequest, check_submission, iso_time
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning.auth import CallAuth, TrustedOperators, call_fields, check_call
+from nebula.server.unlearning.crypto import load_private_key
+from nebula.server.unlearning.executor import Executor
+from nebula.server.unlearning.proto import unlearn_pb2 as pb
+from nebula.server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
+from nebula.server.unlearning.registry import available_modes
+from nebula.server.unlearning.requests import STATUSES, RequestStore, UnlearnRequest, check_submission, iso_time
 
 log = logging.getLogger(__name__)
 

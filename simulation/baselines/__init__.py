@@ -4,8 +4,8 @@ Each baseline is one module exposing ``run(config) -> BaselineResult``; ``BASELI
 maps the names used on the command line to them.
 """
 
-from simulation.baselines import centralized, fedavg_lora, local_only
-from simulation.baselines.common import BaselineResult
+from nebula.simulation.baselines import centralized, fedavg_lora, local_only
+from nebula.simulation.baselines.common import BaselineResult
 
 BASELINES = {
     "local-only": local_only.run,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from common.config import NebulaConfig
-from common.federation_data import build_federation_data
-from common.training import fit
-from simulation.baselines.common import BaselineResult, encoded, evaluate, fresh_learner, train_kwargs
+from nebula.common.config import NebulaConfig
+from nebula.common.federation_data import build_federation_data
+from nebula.learning.training import fit
+from nebula.simulation.baselines.common import BaselineResult, encoded, evaluate, fresh_learner, train_kwargs
 
 
 def run(config: NebulaConfig) -> BaselineResult:

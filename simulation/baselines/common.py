@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client.edge import learner_for
-from common.config import NebulaConfig
-from common.federation_data import FederationData
-from common.models import Learner, load_trainable_state
-from common.training import Encoded, accuracy, encode, predict_logits
+from nebula.learning.models import learner_for
+from nebula.common.config import NebulaConfig
+from nebula.common.federation_data import FederationData
+from nebula.learning.models import Learner, load_trainable_state
+from nebula.learning.training import Encoded, accuracy, encode, predict_logits
 
 
 @dataclass

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import torch
 
-from common.config import NebulaConfig
-from common.federation_data import build_federation_data
-from common.models import load_trainable_state, state_nbytes, trainable_state
-from common.training import fit
-from simulation.baselines.common import BaselineResult, encoded, evaluate, fresh_learner, train_kwargs
+from nebula.common.config import NebulaConfig
+from nebula.common.federation_data import build_federation_data
+from nebula.learning.models import load_trainable_state, state_nbytes, trainable_state
+from nebula.learning.training import fit
+from nebula.simulation.baselines.common import BaselineResult, encoded, evaluate, fresh_learner, train_kwargs
 
 
 def run(config: NebulaConfig) -> BaselineResult:

@@ -3,17 +3,16 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from common import keys
-from common.config import NebulaConfig
+from nebula.common import keys
+from nebula.common.config import NebulaConfig
 
 
 @pytest.fixture(scope="session")
 def tweets_export(tmp_path_factory):
     """An fp32 export of an untrained MiniLM-L3 LoRA adapter with the 3 tweet labels (base: the minilm-l3 cache)."""
-    from common.models import LoraSpec, load_learner, save_adapter
-    from deploy.edge.export import ExportConfig, export_adapter
+    from nebula.learning.models import LoraSpec, load_learner, save_adapter
+    from nebula.deploy.export.export import ExportConfig, export_adapter
 
     learner = load_learner("minilm-l3", num_labels=3, lora=LoraSpec(), seed=0)
     adapter = save_adapter(learner, tmp_path_factory.mktemp("adapter") / "student")
@@ -22,11 +21,6 @@ def tweets_export(tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # Messages can only be built inside a Flower task; give the test process one.
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
 
 
 @pytest.fixture()

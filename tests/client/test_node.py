@@ -2,8 +2,8 @@
 
 import pytest
 
-from client.node import NodeIdentity, identify
-from common import keys
+from nebula.client.node import NodeIdentity, identify
+from nebula.common import keys
 
 TEACHER = 3
 

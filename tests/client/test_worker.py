@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from client import app as client_app
-from common import keys
-from common.presets import preset_config
-from common.wire import decode_logits
+from nebula.client import app as client_app
+from nebula.common import keys
+from nebula.common.presets import preset_config
+from nebula.common.wire import decode_logits
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def worker(tmp_path_factory):
     sock, log = folder / "node.sock", folder / "worker.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "nebula.cli", "worker", "--socket", str(sock)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "nebula.cli.main", "worker", "--socket", str(sock)], stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while not (sock.exists() and sock.with_name("node.sock.key").exists()) and time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
@@ -72,7 +72,7 @@ def test_a_wrong_key_is_an_error_not_a_silent_fallback(worker, tmp_path, make_re
 
 
 def test_a_message_type_the_worker_does_not_know_is_named(worker, make_request, make_context):
-    from client.worker import forward
+    from nebula.client.worker_link import forward
 
     sock, _ = worker
     with pytest.raises(RuntimeError, match="no handler for message type 'query.nope'"):

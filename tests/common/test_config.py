@@ -2,8 +2,8 @@ import argparse
 
 import pytest
 
-from common.config import ConfigError, NebulaConfig, add_arguments, overrides_from_args
-from common.presets import PRESETS, preset_config
+from nebula.common.config import ConfigError, NebulaConfig, add_arguments, overrides_from_args
+from nebula.common.presets import PRESETS, preset_config
 
 
 def test_flat_round_trip():

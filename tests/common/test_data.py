@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from common import data
-from common.data import BUILTIN_DATASETS, DatasetError, TextDataset, load_dataset, split_dataset
+from nebula.common import data
+from nebula.common.data import BUILTIN_DATASETS, DatasetError, TextDataset, load_dataset, split_dataset
 
 
 def test_tweets_three_classes_no_duplicates_stable():

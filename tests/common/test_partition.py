@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.partition import PARTITION_SCHEMES, label_counts, partition_indices
+from nebula.common.partition import PARTITION_SCHEMES, label_counts, partition_indices
 
 NUM_CLASSES = 10
 

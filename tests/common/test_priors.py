@@ -1,11 +1,11 @@
-"""Label priors and the prior shift of logit-adjusted training (common.priors)."""
+"""Label priors and the prior shift of logit-adjusted training (nebula.common.priors)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.priors import class_prior, prior_shift
+from nebula.common.priors import class_prior, prior_shift
 
 
 def test_prior_is_smoothed_distribution():

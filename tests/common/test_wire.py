@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from common.wire import (
+from nebula.common.wire import (
     HEADER_SIZE,
     WIRE_DTYPES,
     DecodedLogits,

@@ -6,8 +6,8 @@ import stat
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.certs import make_ca, make_server_cert, write_unlearning_material
-from server.unlearning.crypto import key_id, load_private_key, load_public_key
+from nebula.deploy.certs import make_ca, make_server_cert, write_unlearning_material
+from nebula.server.unlearning.crypto import key_id, load_private_key, load_public_key
 
 
 def test_server_certificate_is_issued_by_the_ca_for_the_hosts():

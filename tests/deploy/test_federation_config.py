@@ -2,9 +2,9 @@
 
 import pytest
 
-from common.config import ConfigError
-from deploy.local import DeployError, NodeSpec, federation_nodes
-from server.app import config_from_run_config, parse_overrides
+from nebula.common.config import ConfigError
+from nebula.deploy.local import DeployError, NodeSpec, federation_nodes
+from nebula.server.app import config_from_run_config, parse_overrides
 
 
 def test_overrides_string_over_the_preset():
@@ -28,7 +28,7 @@ def test_node_config_text_reaches_node_identity(tmp_path):
     from flwr.app import Context, RecordDict
     from flwr.common.config import parse_config_args
 
-    from client.node import identify
+    from nebula.client.node import identify
 
     teacher, c0, c1 = federation_nodes("teacher0", ["jetson-07", "phone-2"])
     assert (teacher.partition, c0.partition, c1.partition) == (2, 0, 1)
@@ -44,7 +44,7 @@ def test_a_node_with_a_worker_names_its_socket(tmp_path):
     from flwr.app import Context, RecordDict
     from flwr.common.config import parse_config_args
 
-    from client.worker import worker_socket
+    from nebula.client.worker_link import worker_socket
 
     nodes = federation_nodes("teacher0", ["c0"], workers=True)
     assert all(n.worker for n in nodes)
@@ -61,7 +61,7 @@ def test_node_config_refuses_quotes():
 
 
 def test_round_timing_puts_the_slowest_client_and_the_teacher_on_the_critical_path():
-    from deploy.local import round_timing
+    from nebula.deploy.local import round_timing
 
     row = {"seconds": 60.0, "clients_wait_seconds": 25.0, "teacher_wait_seconds": 30.0, "teacher_seconds": 20.0,
            "clients": {"a": {"seconds": 8.0}, "b": {"seconds": 12.0}}}
@@ -71,7 +71,7 @@ def test_round_timing_puts_the_slowest_client_and_the_teacher_on_the_critical_pa
 
 
 def test_deploy_cli_names_what_is_missing(tmp_path, capsys):
-    from nebula.cli import main
+    from nebula.cli.main import main
 
     assert main(["deploy", "up", str(tmp_path / "run"), "--certs", str(tmp_path / "none"), "--clients", "c0"]) == 2
     err = capsys.readouterr().err

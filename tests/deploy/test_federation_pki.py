@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key, load_ssh_private_key
 
-from deploy.pki import PkiError, write_deployment_material
-from nebula.cli import main
+from nebula.deploy.pki import PkiError, write_deployment_material
+from nebula.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""deploy.processes: stop exactly what was started, helpers in other sessions included, and nothing else."""
+"""nebula.deploy.processes: stop exactly what was started, helpers in other sessions included, and nothing else."""
 
 import os
 import signal
@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from deploy.processes import family, is_running, read_pid_file, read_proc, spawn, stop, write_pid_file
+from nebula.deploy.processes import family, is_running, read_pid_file, read_proc, spawn, stop, write_pid_file
 
 # A parent that starts a helper in a new session (as flower-superlink starts flower-superexec),
 # prints the helper's pid, and ignores SIGTERM when asked to (so SIGKILL must finish it).

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from deploy.local import start_federation
-from deploy.pki import write_deployment_material
-from deploy.processes import is_running
-from server.ledger import Ledger
+from nebula.deploy.local import start_federation
+from nebula.deploy.pki import write_deployment_material
+from nebula.deploy.processes import is_running
+from nebula.server.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

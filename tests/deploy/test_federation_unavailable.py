@@ -9,21 +9,16 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
-from flwr.supercore.task_identity import TaskIdentity
 
-from common import keys
-from common.presets import preset_config
-from common.wire import decode_logits, encode_logits
-from server.federation import Federation
-from server.ledger import Ledger
+from nebula.common import keys
+from nebula.common.presets import preset_config
+from nebula.common.wire import decode_logits, encode_logits
+from nebula.server.federation import Federation
+from nebula.server.ledger import Ledger
 
 TEACHER, DEAD = 9, 2
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
 
 
 def _reply(msg, fields, metrics=None):

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from deploy.edge.errors import ExportError
-from deploy.edge.onnx_export import OPSET, TARGETS, convert
-from deploy.edge.runtime import EdgePredictor
+from nebula.client.runtime.errors import ExportError
+from nebula.deploy.export.onnx_export import OPSET, TARGETS, convert
+from nebula.client.runtime.predictor import EdgePredictor
 
 INT8_MIN_AGREEMENT = 0.90
 INT8_MAX_DIFF = 0.6
@@ -74,7 +74,7 @@ def test_fp16_conversion_of_the_exported_graph(fp32_package, merged_logits, twee
     assert out.stat().st_size < 0.55 * (fp32_package / "model.onnx").stat().st_size
     import onnxruntime as ort
 
-    from deploy.edge.package import pad_batch
+    from nebula.client.runtime.package import pad_batch
 
     predictor = EdgePredictor(fp32_package)
     ids, mask = pad_batch(predictor.encode(tweets["test"]), pad_id=predictor.pad_id)

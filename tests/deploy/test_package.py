@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from deploy.edge.errors import ExportError
-from deploy.edge.export import ExportConfig, export_adapter
-from deploy.edge.package import MANIFEST_FILE, MODEL_FILE, check_output_folder, load_package, sha256_file, read_manifest
+from nebula.client.runtime.errors import ExportError
+from nebula.deploy.export.export import ExportConfig, export_adapter
+from nebula.client.runtime.package import MANIFEST_FILE, MODEL_FILE, check_output_folder, load_package, sha256_file, read_manifest
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from deploy.edge.report import (
+from nebula.deploy.export.report import (
     TARGETS, against_teacher, agreement, build_report, format_markdown, latency_batches, median_ms, write_report,
 )
 

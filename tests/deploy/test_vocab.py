@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from deploy.edge.runtime import EdgePredictor
-from deploy.edge.vocab import build_id_map, kept_token_ids, prune_model_vocab, prune_rows, remap_ids
+from nebula.client.runtime.predictor import EdgePredictor
+from nebula.deploy.export.vocab import build_id_map, kept_token_ids, prune_model_vocab, prune_rows, remap_ids
 
 
 def test_kept_ids_are_sorted_unique_and_include_specials():

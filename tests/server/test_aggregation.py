@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregation import AggregationError, AggregationRule, available_rules, get_rule
-from server.aggregation.base import check_inputs
-from server.aggregation.registry import register
+from nebula.server.aggregation import AggregationError, AggregationRule, available_rules, get_rule
+from nebula.server.aggregation.base import check_inputs
+from nebula.server.aggregation.registry import register
 
 K, N, C = 5, 6, 4
 RULES = available_rules()

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from server.exchange import send_and_receive
+from nebula.server.exchange import send_and_receive
 
 
 def _reply(to):

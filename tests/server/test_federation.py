@@ -11,25 +11,19 @@ from typing import Callable
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from common import keys
-from common.presets import preset_config
-from common.training import softmax_np
-from common.wire import decode_logits, encode_logits
-from server.exceptions import TeacherUnavailable
-from server.federation import Federation
-from server.ledger import Ledger
+from nebula.common import keys
+from nebula.common.presets import preset_config
+from nebula.common.probabilities import softmax
+from nebula.common.wire import decode_logits, encode_logits
+from nebula.server.exceptions import TeacherUnavailable
+from nebula.server.federation import Federation
+from nebula.server.ledger import Ledger
 
 C = 3
 TEACHER = 99
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # Messages can only be built inside a Flower task; give the test process one.
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
 
 
 def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
@@ -163,7 +157,7 @@ def test_failed_teacher_falls_back_to_the_consensus(tmp_path):
     round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-1]
     targets = decode_logits(round2.content.config_records[keys.ROUND][keys.TARGET_BLOB])
     ids, consensus = Ledger(tmp_path / "ledger.sqlite").consensus(fed.run_id, 1)
-    recovered = softmax_np(targets.logits, temperature=fed.config.train.temperature)
+    recovered = softmax(targets.logits, temperature=fed.config.train.temperature)
     np.testing.assert_allclose(recovered, consensus, atol=2e-3)
 
 
@@ -247,7 +241,7 @@ def test_label_counts_are_recorded_and_forgotten_clients_are_not_selected(tmp_pa
 
 
 def test_an_unreadable_unlearning_key_stops_the_run_before_discovery(tmp_path):
-    from server.exceptions import UnlearningError
+    from nebula.server.exceptions import UnlearningError
 
     fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), 9: teacher()}, **{"federation.unlearn_key": str(tmp_path / "missing.pem")})
     with pytest.raises(UnlearningError, match="federation.unlearn_key .*missing.pem"):
@@ -258,8 +252,8 @@ def test_an_unreadable_unlearning_key_stops_the_run_before_discovery(tmp_path):
 def _live_run_forgetting_client_1(tmp_path, restore_reply: Callable[[Message], Message]):
     """Round 1 runs; while the teacher teaches it an operator's purge request for client-1 is stored; the
     run carries it out before round 2 and asks the teacher to restore (``restore_reply`` answers)."""
-    from deploy.certs import write_unlearning_material
-    from server.unlearning.requests import RequestStore
+    from nebula.deploy.certs import write_unlearning_material
+    from nebula.server.unlearning.requests import RequestStore
 
     material = write_unlearning_material(tmp_path / "keys")
     base = teacher()

@@ -1,6 +1,6 @@
 """The live-run lease in the ledger: a run that carries out unlearning requests itself, for a while."""
 
-from server.ledger import Ledger
+from nebula.server.ledger import Ledger
 
 
 def test_a_lease_names_the_live_run_until_cleared_or_expired(tmp_path):

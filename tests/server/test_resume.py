@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from common.config import NebulaConfig
-from server.exceptions import ResumeError
-from server.ledger import Contribution, Ledger
-from server.resume import resume_point
+from nebula.common.config import NebulaConfig
+from nebula.server.exceptions import ResumeError
+from nebula.server.ledger import Contribution, Ledger
+from nebula.server.resume import resume_point
 
 
 def _round(ledger, run_id, r, *, aggregated=True, targets: bytes | None = b"t", teacher_ok=True, finish=True):

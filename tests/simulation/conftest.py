@@ -2,8 +2,8 @@
 
 import pytest
 
-from common.presets import preset_config
-from simulation.engine import simulate
+from nebula.common.presets import preset_config
+from nebula.simulation.engine import simulate
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from common.assets import resolve_model
-from server.ledger import Ledger
+from nebula.learning.assets import resolve_model
+from nebula.server.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

@@ -11,12 +11,12 @@ import json
 
 import pytest
 
-from common.presets import preset_config
-from deploy.certs import write_unlearning_material
-from server.ledger import Ledger
-from server.unlearning.certificate import verify_certificate
-from server.unlearning.requests import RequestStore
-from simulation.engine import simulate
+from nebula.common.presets import preset_config
+from nebula.deploy.certs import write_unlearning_material
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning.certificate import verify_certificate
+from nebula.server.unlearning.requests import RequestStore
+from nebula.simulation.engine import simulate
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def test_the_forgotten_client_is_not_selected_in_round_2(live):
 
 
 def test_round_2_was_sent_targets_answered_by_the_corrected_teacher(live):
-    from common.wire import decode_logits
+    from nebula.common.wire import decode_logits
 
     ledger = Ledger(live["out"] / "ledger.sqlite")
     try:

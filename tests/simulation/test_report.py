@@ -1,5 +1,5 @@
-from simulation.baselines import BaselineResult
-from simulation.report import baseline_row, federation_row, format_table, save_plot
+from nebula.simulation.baselines import BaselineResult
+from nebula.simulation.report import baseline_row, federation_row, format_table, save_plot
 
 HISTORY = [
     {"round": r, "mean_client_acc": 0.4 + r / 100, "min_client_acc": 0.3, "mean_client_acc_own": 0.8, "teacher_acc": 0.5,

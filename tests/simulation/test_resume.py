@@ -10,9 +10,9 @@ import sqlite3
 
 import pytest
 
-from common.presets import preset_config
-from server.ledger import Ledger
-from simulation.engine import simulate
+from nebula.common.presets import preset_config
+from nebula.server.ledger import Ledger
+from nebula.simulation.engine import simulate
 
 pytestmark = pytest.mark.e2e
 

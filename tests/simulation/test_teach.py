@@ -7,10 +7,10 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from common.assets import resolve_model
-from server.exceptions import LedgerError
-from server.ledger import Ledger
-from simulation.teach import gathered_consensus, teach_from_run
+from nebula.learning.assets import resolve_model
+from nebula.server.exceptions import LedgerError
+from nebula.server.ledger import Ledger
+from nebula.simulation.teach import gathered_consensus, teach_from_run
 
 pytestmark = pytest.mark.e2e
 

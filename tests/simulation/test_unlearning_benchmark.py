@@ -3,11 +3,11 @@
 
 import numpy as np
 
-from common.federation_data import build_federation_data
-from common.presets import preset_config
-from nebula.cli import main
-from server.ledger import Contribution, Ledger
-from simulation.unlearning_benchmark import client_with_most_data, copy_run
+from nebula.common.federation_data import build_federation_data
+from nebula.common.presets import preset_config
+from nebula.cli.main import main
+from nebula.server.ledger import Contribution, Ledger
+from nebula.simulation.unlearning_benchmark import client_with_most_data, copy_run
 
 
 def test_a_copied_run_folder_holds_the_ledger_rows_and_checkpoints(tmp_path):

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.unlearning.proto import unlearn_pb2 as server_dot_unlearning_dot_proto_dot_unlearn__pb2
+from nebula.server.unlearning.proto import unlearn_pb2 as server_dot_unlearning_dot_proto_dot_unlearn__pb2
 
 GRPC_GENERATED_VERSION = '1.70.0'
 GRPC_VERSION = grpc.__version__

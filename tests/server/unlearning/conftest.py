@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import NebulaConfig
-from common.training import softmax_np
-from common.wire import decode_logits, encode_logits
-from deploy.certs import write_unlearning_material
-from server.aggregation import get_rule
-from server.ledger import Contribution, Ledger
+from nebula.common.config import NebulaConfig
+from nebula.common.probabilities import softmax
+from nebula.common.wire import decode_logits, encode_logits
+from nebula.deploy.certs import write_unlearning_material
+from nebula.server.aggregation import get_rule
+from nebula.server.ledger import Contribution, Ledger
 
 C, N = 3, 6
 TEMPERATURE = 2.0
@@ -35,7 +35,7 @@ PLAN = {  # run -> round -> clients whose reply was accepted
 
 def reference_consensus(payloads: list[bytes], weights: list[float], ids: np.ndarray, rule: str, support=None) -> np.ndarray:
     """What server/federation.py computes for a round (the test's own copy of its three lines)."""
-    probs = np.stack([softmax_np(decode_logits(p, expected_ids=ids, num_classes=C).logits, temperature=TEMPERATURE) for p in payloads])
+    probs = np.stack([softmax(decode_logits(p, expected_ids=ids, num_classes=C).logits, temperature=TEMPERATURE) for p in payloads])
     return get_rule(rule).aggregate(probs, weights=np.array(weights), support=support).astype(np.float32)
 
 
@@ -118,7 +118,7 @@ TINY_TARGET = "client-1"  # first contributes in round 2: exact replay restores 
 
 
 def tiny_config():
-    from common.presets import preset_config
+    from nebula.common.presets import preset_config
 
     return preset_config("smoke", TINY)
 
@@ -129,9 +129,9 @@ def build_tiny_run(folder: Path) -> Path:
     sends it (log-probabilities, float32) from the ledger's float32 copy."""
     from flwr.app import Context, RecordDict
 
-    from client.teacher import TeacherNode
-    from common.federation_data import build_federation_data
-    from server.unlearning.arithmetic import recompute_consensus, support_matrix
+    from nebula.client.teacher import TeacherNode
+    from nebula.common.federation_data import build_federation_data
+    from nebula.server.unlearning.arithmetic import recompute_consensus, support_matrix
 
     config = tiny_config()
     data = build_federation_data(config.data)

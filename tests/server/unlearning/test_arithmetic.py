@@ -6,9 +6,9 @@ import struct
 import numpy as np
 import pytest
 
-from common.wire import encode_logits
-from server.aggregation import available_rules, get_rule
-from server.unlearning.arithmetic import (
+from nebula.common.wire import encode_logits
+from nebula.server.aggregation import available_rules, get_rule
+from nebula.server.unlearning.arithmetic import (
     SUPPORT_LABEL_COUNTS, SUPPORT_NONE, consensus_sha256, digest_of, payload_sha256, recompute_consensus, support_matrix,
 )
 
@@ -72,7 +72,7 @@ def test_support_needs_every_client():
 
 
 def test_the_correction_ranks_the_rows_furthest_from_their_targets_first():
-    from server.unlearning.fast_correction import rank_by_divergence
+    from nebula.server.unlearning.fast_correction import rank_by_divergence
 
     targets = np.array([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.8, 0.2]])
     current = np.array([[0.9, 0.1], [0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])  # rows 2 and 3 disagree, row 2 the most
@@ -84,7 +84,7 @@ def test_the_correction_ranks_the_rows_furthest_from_their_targets_first():
 
 
 def test_the_former_targets_are_gathered_as_the_teacher_gathered_them():
-    from server.unlearning.fast_correction import consensus_change
+    from nebula.server.unlearning.fast_correction import consensus_change
 
     p = lambda *rows: np.array(rows, dtype=np.float32)  # noqa: E731
     before = {1: (np.array([0, 1]), p([0.9, 0.1], [0.2, 0.8])), 2: (np.array([1, 2]), p([0.6, 0.4], [0.5, 0.5])), 3: None}

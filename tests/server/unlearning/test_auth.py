@@ -3,10 +3,10 @@
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deploy.certs import write_public_key
-from server.exceptions import MissingSignature, OperatorAuthError
-from server.unlearning.auth import TrustedOperators, check_call, sign_call
-from server.unlearning.crypto import key_id
+from nebula.deploy.certs import write_public_key
+from nebula.server.exceptions import MissingSignature, OperatorAuthError
+from nebula.server.unlearning.auth import TrustedOperators, check_call, sign_call
+from nebula.server.unlearning.crypto import key_id
 
 FIELDS = {"client_id": "client-1", "reason": "r", "mode": "purge", "idempotency_key": "k"}
 NOW = 1_700_000_000_000

@@ -5,13 +5,13 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.exceptions import CertificateError, MalformedCertificate
-from server.ledger import ConsensusRevision, Tombstone
-from server.unlearning.arithmetic import digest_of
-from server.unlearning.base import UnlearnOutcome
-from server.unlearning.certificate import build_certificate, sign_certificate, verify_certificate
-from server.unlearning.crypto import canonical_json, key_id
-from server.unlearning.requests import UnlearnRequest
+from nebula.server.exceptions import CertificateError, MalformedCertificate
+from nebula.server.ledger import ConsensusRevision, Tombstone
+from nebula.server.unlearning.arithmetic import digest_of
+from nebula.server.unlearning.base import UnlearnOutcome
+from nebula.server.unlearning.certificate import build_certificate, sign_certificate, verify_certificate
+from nebula.server.unlearning.crypto import canonical_json, key_id
+from nebula.server.unlearning.requests import UnlearnRequest
 
 KEY = Ed25519PrivateKey.generate()
 REQUEST = UnlearnRequest("req-1", "sha256:op", "k1", "client-1", "art. 17", "reaggregate", "running", 1.7e9, 1.7e9, None, 1, "", "")

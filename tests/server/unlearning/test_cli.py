@@ -2,8 +2,8 @@
 
 import pytest
 
-from nebula.cli import main
-from server.unlearning.cli import SUBCOMMANDS, rewrite_argv
+from nebula.cli.main import main
+from nebula.cli.unlearn import SUBCOMMANDS, rewrite_argv
 
 
 @pytest.mark.parametrize(

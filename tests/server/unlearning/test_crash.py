@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.ledger import Ledger
-from server.unlearning.certificate import verify_certificate
-from server.unlearning.client import OperatorClient
-from server.unlearning.requests import RequestStore
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning.certificate import verify_certificate
+from nebula.server.unlearning.client import OperatorClient
+from nebula.server.unlearning.requests import RequestStore
 
 from .conftest import PLAN, RUN_A, TARGET, other_rows, reference_consensus, snapshot
 
@@ -35,7 +35,7 @@ class Service:
     """``nebula unlearn serve`` in a subprocess, its output lines read by threads."""
 
     def __init__(self, material, ledger: Path, **env: str) -> None:
-        cmd = [sys.executable, "-m", "nebula.cli", "unlearn", "serve", "--ledger", str(ledger), "--port", "0",
+        cmd = [sys.executable, "-m", "nebula.cli.main", "unlearn", "serve", "--ledger", str(ledger), "--port", "0",
                "--operators", str(material.operators), "--signing-key", str(material.signing_key),
                "--tls-cert", str(material.tls_cert), "--tls-key", str(material.tls_key)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},

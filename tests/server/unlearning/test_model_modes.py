@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from nebula.cli import main
-from server.ledger import Ledger
-from server.unlearning import UnlearnContext, get_mode
-from server.unlearning import models as store
-from server.unlearning.arithmetic import state_sha256
-from server.unlearning.certificate import verify_certificate
-from server.unlearning.fast_correction import CorrectionBudget, FastCorrectionMode
-from server.unlearning.replay import replay_rounds
-from server.unlearning.service import ServeConfig, UnlearningServer
+from nebula.cli.main import main
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning import UnlearnContext, get_mode
+from nebula.server.unlearning import models as store
+from nebula.server.unlearning.arithmetic import state_sha256
+from nebula.server.unlearning.certificate import verify_certificate
+from nebula.server.unlearning.fast_correction import CorrectionBudget, FastCorrectionMode
+from nebula.server.unlearning.replay import replay_rounds
+from nebula.server.unlearning.service import ServeConfig, UnlearningServer
 
 from .conftest import TINY_PLAN, TINY_RUN, TINY_TARGET
 
@@ -102,7 +102,7 @@ def test_fast_correction_changes_both_models_within_its_budget(tiny_run):
 
 
 def test_a_correction_resumed_after_the_reaggregation_ranks_by_the_teachers_disagreement(tiny_run):
-    from server.unlearning.fast_correction import correct
+    from nebula.server.unlearning.fast_correction import correct
 
     _apply(tiny_run, "reaggregate")  # the request died after re-aggregating: the former consensus is gone
     ledger = Ledger(tiny_run / "ledger.sqlite")

@@ -11,10 +11,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from server.exceptions import InvalidUnlearnRequest
-from server.ledger import Ledger
-from server.unlearning import UnlearnContext, available_modes, get_mode
-from server.unlearning.arithmetic import consensus_sha256
+from nebula.server.exceptions import InvalidUnlearnRequest
+from nebula.server.ledger import Ledger
+from nebula.server.unlearning import UnlearnContext, available_modes, get_mode
+from nebula.server.unlearning.arithmetic import consensus_sha256
 
 from .conftest import LABEL_COUNTS, PLAN, RUN_A, RUN_B, TARGET, build_ledger, other_rows, reference_consensus, snapshot
 

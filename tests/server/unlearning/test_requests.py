@@ -2,9 +2,9 @@
 
 import pytest
 
-from server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest
-from server.unlearning import available_modes
-from server.unlearning.requests import RequestStore, check_submission
+from nebula.server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest
+from nebula.server.unlearning import available_modes
+from nebula.server.unlearning.requests import RequestStore, check_submission
 
 from .conftest import snapshot
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nebula.cli import main
-from server.unlearning.auth import call_fields, sign_call
-from server.unlearning.certificate import verify_certificate
-from server.unlearning.crypto import load_private_key
-from server.unlearning.proto import unlearn_pb2 as pb
-from server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
-from server.unlearning.service import ServeConfig, UnlearningServer
+from nebula.cli.main import main
+from nebula.server.unlearning.auth import call_fields, sign_call
+from nebula.server.unlearning.certificate import verify_certificate
+from nebula.server.unlearning.crypto import load_private_key
+from nebula.server.unlearning.proto import unlearn_pb2 as pb
+from nebula.server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
+from nebula.server.unlearning.service import ServeConfig, UnlearningServer
 
 from .conftest import TARGET, other_rows, snapshot
 
@@ -185,7 +185,7 @@ def test_live_run_defers_work_to_run_pending(idle_service, material, ledger_path
 def test_while_a_run_holds_the_lease_the_service_leaves_requests_to_it(material, ledger_path):
     import time
 
-    from server.ledger import Ledger
+    from nebula.server.ledger import Ledger
 
     ledger = Ledger(ledger_path)
     ledger.mark_live("live-run", for_seconds=600)  # a run started with federation.unlearn_key

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from server.unlearning.verification import (
+from nebula.server.unlearning.verification import (
     SETS, average_ranks, cross_entropy, markdown_table, mia_auc, rank_auc, verification_row, verification_rows,
 )
 
@@ -73,7 +73,7 @@ def test_rows_measure_gaps_and_speedups_against_the_retrained_model():
 
 
 def test_gap_intervals_hold_zero_for_the_reference_itself_and_exclude_it_for_a_clear_gap():
-    from server.unlearning.verification import gap_intervals
+    from nebula.server.unlearning.verification import gap_intervals
 
     rng = np.random.default_rng(1)
     labels = {"forgotten": rng.integers(0, 3, 200), "forgotten_holdout": rng.integers(0, 3, 50)}

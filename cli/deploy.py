@@ -1,0 +1,107 @@
+"""``nebula certs`` and ``nebula deploy up|down``: registered on the ``nebula`` command by :func:`add_deploy_commands`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from nebula.deploy.pki import DEFAULT_NODES, DeploymentMaterial, add_certs_parser
+
+
+def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``certs`` and ``deploy`` to the subparsers of the ``nebula`` command."""
+    add_certs_parser(sub)
+    text = "run a federation on this host over Flower's deployment engine (TLS, SuperNode authentication)"
+    deploy = sub.add_parser("deploy", help=text, description=text)
+    steps = deploy.add_subparsers(dest="deploy_command", required=True)
+
+    text = "start a SuperLink, register and start the teacher and client SuperNodes, submit the run"
+    p = steps.add_parser("up", help=text, description=text + ". Processes keep running until `nebula deploy down`"
+                         " unless --wait.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder of this deployment: logs, state, FLWR_HOME, output")
+    p.add_argument("--certs", required=True, metavar="DIR", help="folder written by `nebula certs` (with a key per node)")
+    p.add_argument("--teacher", default=DEFAULT_NODES[0], help=f"name of the teacher SuperNode (default {DEFAULT_NODES[0]})")
+    p.add_argument("--clients", default=",".join(DEFAULT_NODES[1:]),
+                   help=f"comma list of client SuperNode names, partitions 0..n-1 (default {','.join(DEFAULT_NODES[1:])})")
+    p.add_argument("--preset", default="quick", help="run config preset (default quick)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set federation.rounds=1 (repeatable)")
+    p.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet, Control and Runtime APIs; default 9093, 0: free)")
+    p.add_argument("--workers", action="store_true",
+                   help="start a long-lived local worker beside each SuperNode (client/worker.py): no torch import or "
+                        "model load per message")
+    p.add_argument("--wait", action="store_true", help="wait for the run to finish, print its rounds, then stop everything")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: seconds to wait for the run (default 3600)")
+    p.set_defaults(func=_up)
+
+    text = "stop every process `nebula deploy up` started in RUN_DIR (by process id, SIGTERM then SIGKILL)"
+    p = steps.add_parser("down", help=text, description=text)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=_down)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from nebula.deploy.local import DeployError, round_timing, start_federation
+
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides[key] = value
+    material = DeploymentMaterial.at(args.certs, [args.teacher, *clients])
+    missing = [str(p) for p in (material.ca_cert, material.tls_cert, material.tls_key, *material.supernode_keys.values(),
+                                *material.supernode_pubs.values()) if not p.exists()]
+    if missing:
+        print(f"error: missing in {args.certs}: {', '.join(missing)} (make them with `nebula certs {args.certs} "
+              f"--nodes {args.teacher},{','.join(clients)}`)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        fed, run_id = start_federation(args.run_dir, material, teacher=args.teacher, clients=clients, preset=args.preset,
+                                       overrides=overrides, port=args.port, workers=args.workers)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"SuperLink https://{fed.address}, {len(fed.processes)} processes (pids in {fed.run_dir / 'pids.json'}); run {run_id}")
+    if not args.wait:
+        print(f"follow: FLWR_HOME={fed.run_dir / 'flwr'} flwr log {run_id} nebula\nstop:   nebula deploy down {args.run_dir}")
+        return 0
+    try:
+        status = fed.wait_run(run_id, timeout=args.timeout)
+        print(f"run {run_id}: {status['status']} in {time.perf_counter() - t0:.0f} s (Flower: {status['elapsed']:.0f} s running)")
+        metrics = fed.server_dir / "metrics.jsonl"
+        for line in metrics.read_text().splitlines() if metrics.exists() else []:
+            row = json.loads(line)
+            t = round_timing(row)
+            print(f"  round {row['round']}: {row['accepted']} replies (rejected: {row['rejected'] or '-'}); "
+                  f"wall {t['wall']:.1f} s vs compute {t['compute']:.1f} s = {t['ratio']:.2f}x | clients: wait "
+                  f"{t['clients_wait']:.1f} s, slowest compute {t['clients_compute']:.1f} s | teacher: wait "
+                  f"{t['teacher_wait']:.1f} s, compute {t['teacher_compute']:.1f} s")
+        return 0 if status["status"] == "finished:completed" else 1
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        survivors = fed.stop()
+        print("stopped every process" if not survivors else f"still running: {[s.pid for s in survivors]}", flush=True)
+
+
+def _down(args: argparse.Namespace) -> int:
+    from nebula.deploy.local import DeployError, down
+
+    try:
+        survivors = down(Path(args.run_dir))
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if survivors:
+        print(f"still running after SIGKILL: {', '.join(str(s.pid) for s in survivors)}", file=sys.stderr)
+        return 1
+    print("stopped")
+    return 0

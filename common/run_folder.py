@@ -1,0 +1,121 @@
+"""A run's folder (``federation.output_dir``): every path in it, named once.
+
+::
+
+    ledger.sqlite                                    contributions, rejections, consensus, targets, requests
+    metrics.jsonl                                    one JSON object per round
+    results.md, results.json, accuracy_bytes.png     the results table and plot (nebula simulate)
+    checkpoints/round-NNN/{teacher,student}.pt       the teacher node's trainable states after each taught round
+    models/{teacher,global-student}/                 the final adapters (``PeftModel.from_pretrained``)
+    clients/<client id>/adapter/                     each client's own adapter (in a deployment: on the device)
+    certificates/<request id>.json                   signed unlearning certificates
+    unlearning/<request id>/...                      a model-changing unlearning request's states and adapters
+    unlearning/<request id>/models.json              its certificate's ``models`` field, written last
+    unlearning/CURRENT                               id of the request whose states are the run's models now
+
+Everything in a run folder is found relative to it, so a moved or copied folder still resumes.
+Paths only: reading and writing the files is the job of the modules that own their content.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_NAMES = ("teacher", "student")  # a checkpoint folder's files: <name>.pt
+CURRENT = "CURRENT"
+REQUEST_MANIFEST = "models.json"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of the run folder at ``root``."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def results_json(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "accuracy_bytes.png"
+
+    @property
+    def certificates(self) -> Path:
+        return self.root / "certificates"
+
+    @property
+    def models(self) -> Path:
+        """Final adapters: ``teacher/`` and ``global-student/``."""
+        return self.root / "models"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, round_index: int) -> Path:
+        """The teacher node's states after round ``round_index``: ``checkpoints/round-NNN``."""
+        return self.checkpoints / f"round-{round_index:03d}"
+
+    def checkpoint_rounds(self) -> list[int]:
+        """Rounds with a teacher checkpoint on disk, ascending."""
+        found = (p.name for p in self.checkpoints.glob("round-*") if (p / "teacher.pt").is_file())
+        return sorted(int(n.removeprefix("round-")) for n in found if n.removeprefix("round-").isdigit())
+
+    def client_adapter(self, client_id: str) -> Path:
+        return self.root / "clients" / client_id / "adapter"
+
+    @property
+    def unlearning(self) -> Path:
+        return self.root / "unlearning"
+
+    @property
+    def current_pointer(self) -> Path:
+        """``unlearning/CURRENT``: names the request whose states are the run's models now."""
+        return self.unlearning / CURRENT
+
+    def request_dir(self, request_id: str) -> Path:
+        return self.unlearning / request_id
+
+    def request_manifest(self, request_id: str) -> Path:
+        return self.request_dir(request_id) / REQUEST_MANIFEST
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the run folder, as stored in ledgers, manifests and messages."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def finished_request(self, request_id: str) -> dict[str, Any] | None:
+        """The ``models.json`` of a request whose models are complete, else None (ValueError if unreadable)."""
+        path = self.request_manifest(request_id)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable ({exc})") from exc
+
+    def current_request(self, run_id: str) -> str | None:
+        """The id of the request ``CURRENT`` names, if its models are complete and of run ``run_id``, else None."""
+        if not self.current_pointer.is_file():
+            return None
+        request_id = self.current_pointer.read_text(encoding="utf-8").strip()
+        manifest = self.finished_request(request_id)
+        return request_id if manifest is not None and manifest.get("run_id") == run_id else None

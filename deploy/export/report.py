@@ -1,0 +1,265 @@
+"""Export report: what the package costs and what it loses against its PyTorch sources.
+
+Measured on a dataset's global test set (the split rule of the federation, so ``tweets`` with
+``test_size=500, seed=0`` is the test set of ``nebula simulate``):
+
+- size on disk of the package, and of the fp32 source weights (base model file(s) + adapter) of
+  the student and of each teacher;
+- test accuracy of the package, of the merged PyTorch student and of each teacher;
+- top-1 agreement and max |logit difference| of the package against each of them;
+- latency of one ``InferenceSession.run`` at batch 1 and batch 32 (tokenisation excluded):
+  median of ``repeats`` timed runs after ``warmup`` untimed ones, with ``threads`` intra-op
+  threads; the PyTorch models are timed the same way with the same thread count, for reference.
+
+Against each teacher the report states how much smaller, how accurate (share of the teacher's
+accuracy) and how much faster at batch 1 the package is, next to the targets of :data:`TARGETS`
+(the edge-export promise: >= 25x smaller than the big teacher, >= 97% of its accuracy, >= 10x lower
+batch-1 latency).
+
+The measurement functions return numbers; :func:`format_markdown` and :func:`write_report` print.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nebula.client.runtime.package import pad_batch
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
+REPORT_FILES = ("export-report.md", "export-report.json")  # written into the package, not counted in its size
+TARGETS = {"smaller_x": 25.0, "accuracy_kept": 0.97, "batch1_faster_x": 10.0}
+
+
+# --- pure measurements -------------------------------------------------------------------------
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement and max |a - b| of two (N, C) logit arrays."""
+    if a.shape != b.shape:
+        raise ValueError(f"logit shapes differ: {a.shape} vs {b.shape}")
+    return {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))), "max_abs_logit_diff": float(np.max(np.abs(a - b)))}
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(1) == labels))
+
+
+def against_teacher(export: dict, teacher: dict) -> dict:
+    """How the export row compares with a teacher row: ``smaller_x`` (size ratio), ``accuracy_kept``
+    (export accuracy / teacher accuracy), ``batch1_faster_x`` (latency ratio), and ``met`` per :data:`TARGETS`
+    (None where a figure is missing, e.g. a hub teacher with no size on disk)."""
+    ratio = lambda a, b: None if a is None or b is None or b == 0 else a / b  # noqa: E731
+    figures = {
+        "smaller_x": ratio(teacher["size_mb"], export["size_mb"]),
+        "accuracy_kept": ratio(export["accuracy"], teacher["accuracy"]),
+        "batch1_faster_x": ratio(teacher["latency_b1_ms"], export["latency_b1_ms"]),
+    }
+    met = {k: None if v is None else bool(v >= TARGETS[k]) for k, v in figures.items()}
+    return {"teacher": teacher["model"], **figures, "met": met}
+
+
+def median_ms(fn: Callable[[], object], *, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def latency_batches(rows: Sequence[Sequence[int]], *, sizes: Sequence[int] = (1, 32)) -> dict[int, list[list[int]]]:
+    """The timed inputs: batch 1 is the text of median token length, batch n the first n texts."""
+    by_length = np.argsort([len(r) for r in rows], kind="stable")
+    return {n: ([list(rows[by_length[len(rows) // 2]])] if n == 1 else [list(r) for r in rows[:n]]) for n in sizes}
+
+
+def folder_mb(folder: str | Path, *, exclude: Sequence[str] = ()) -> float:
+    """Size of the files in ``folder`` (recursive), in MB (10^6 bytes)."""
+    files = (p for p in Path(folder).rglob("*") if p.is_file() and p.name not in exclude)
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+def source_fp32_mb(adapter_dir: str | Path, *, base: str | None = None) -> float | None:
+    """Weights on disk of the adapter's base model plus the adapter itself, in MB (None if the base is no folder)."""
+    from nebula.deploy.export.merge import resolve_base
+
+    base_dir = Path(resolve_base(adapter_dir, base))
+    if not base_dir.is_dir():
+        return None
+    weights = [p for p in base_dir.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
+    weights += [p for p in Path(adapter_dir).iterdir() if p.name.startswith("adapter_model")]
+    return sum(p.stat().st_size for p in weights) / 1e6
+
+
+# --- running the models ------------------------------------------------------------------------
+
+
+def _torch_side(adapter_dir: str, texts: Sequence[str], *, max_length: int, threads: int, repeats: int,
+                base: str | None = None) -> dict:
+    """Logits of a merged PyTorch model on ``texts`` and its batch-1 / batch-32 latency."""
+    import torch
+
+    from nebula.learning.training import encode, predict_logits
+    from nebula.deploy.export.merge import load_adapter_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, tokenizer, _, _ = load_adapter_model(adapter_dir, base=base)
+        encoded = encode(tokenizer, texts, max_length=max_length)
+        logits = predict_logits(model, encoded)
+        pad = tokenizer.pad_token_id or 0
+        latency = {}
+        with torch.no_grad():
+            for n, rows in latency_batches(encoded.input_ids).items():
+                ids, mask = (torch.from_numpy(a) for a in pad_batch(rows, pad_id=pad))  # (B, L) each
+                latency[n] = median_ms(lambda: model(input_ids=ids, attention_mask=mask), repeats=repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"logits": logits, "latency_ms": latency, "size_mb": source_fp32_mb(adapter_dir, base=base)}
+
+
+def build_report(
+    package_dir: str | Path,
+    *,
+    dataset: str,
+    test_size: int = 500,
+    seed: int = 0,
+    student_adapter: str | Path | None = None,
+    teacher_adapters: Sequence[str | Path] = (),
+    threads: int = 1,
+    repeats: int = 20,
+) -> dict:
+    """Measure an export package against its source student and, optionally, a teacher.
+
+    Parameters
+    ----------
+    package_dir : str or Path
+        Export folder.
+    dataset : str
+        Dataset whose global test split is measured (:func:`nebula.common.data.split_dataset` with
+        ``test_size`` and ``seed``, as the federation splits it).
+    student_adapter : str or Path, optional
+        The PyTorch reference; default: the manifest's ``source_adapter``.
+    teacher_adapters : sequence of str or Path
+        Teacher adapter folders to compare with (same classes), e.g. the run's MiniLM-L6 teacher and
+        an MPNet teacher from ``nebula teach``; each row is named after its base model.
+    threads : int
+        onnxruntime intra-op threads and torch threads while timing.
+    repeats : int
+        Timed runs per latency figure (>= 20 recommended; 3 untimed warm-up runs precede them).
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``package``, ``test`` (dataset, size, share of texts outside a pruned vocabulary),
+        ``timing``, ``rows`` (one per model: size, accuracy, agreement with the package, latency) and
+        ``against_teachers`` (:func:`against_teacher` for each teacher row).
+    """
+    from nebula.common.data import load_dataset, split_dataset
+    from nebula.client.runtime.errors import ExportError
+    from nebula.client.runtime.predictor import EdgePredictor
+
+    data = load_dataset(dataset)
+    test, _, _ = split_dataset(len(data), test=test_size, public=0, seed=seed)
+    texts, labels = [data.texts[i] for i in test], data.labels[test]
+    predictor = EdgePredictor(package_dir, intra_op_threads=threads)
+    manifest = predictor.manifest
+    if len(manifest.labels) != len(data.label_names):
+        raise ExportError(f"{package_dir}: the package has {len(manifest.labels)} classes, {dataset} has {len(data.label_names)}")
+    logits = predictor.predict_logits(texts)
+    onnx_latency = {}
+    for n, rows in latency_batches(predictor.encode(texts)).items():
+        ids, mask = pad_batch(rows, pad_id=predictor.pad_id)
+        onnx_latency[n] = median_ms(lambda: predictor.run(ids, mask), repeats=repeats)
+    rows = [{
+        "model": f"export {manifest.target} (onnxruntime)", "size_mb": folder_mb(package_dir, exclude=REPORT_FILES),
+        "accuracy": accuracy(logits, labels), "top1_agreement": 1.0, "max_abs_logit_diff": 0.0,
+        "latency_b1_ms": onnx_latency[1], "latency_b32_ms": onnx_latency[32],
+    }]
+    references = [("student fp32 (PyTorch, merged)", str(student_adapter or manifest.source_adapter))]
+    for adapter in teacher_adapters:
+        references.append((f"teacher {_base_name(adapter)} fp32 (PyTorch, merged)", str(adapter)))
+    for name, adapter in references:
+        side = _torch_side(adapter, texts, max_length=manifest.max_length, threads=threads, repeats=repeats)
+        if side["logits"].shape != logits.shape:
+            raise ExportError(f"{adapter}: {side['logits'].shape[1]} classes, the package has {logits.shape[1]}")
+        rows.append({
+            "model": name, "size_mb": side["size_mb"], "accuracy": accuracy(side["logits"], labels),
+            **agreement(logits, side["logits"]),
+            "latency_b1_ms": side["latency_ms"][1], "latency_b32_ms": side["latency_ms"][32],
+        })
+    return {
+        "package": {"folder": str(Path(package_dir).resolve()), "target": manifest.target,
+                    "kept_vocab_size": manifest.kept_vocab_size, "source_adapter": manifest.source_adapter},
+        "test": {"dataset": dataset, "size": len(texts), "seed": seed,
+                 "outside_vocabulary": float(np.mean(predictor.outside_vocabulary(texts)))},
+        "timing": {"threads": threads, "repeats": repeats, "warmup": 3,
+                   "what": "one session.run / forward, tokenisation excluded; batch 1 = median-length text"},
+        "rows": rows,
+        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
+    }
+
+
+def _base_name(adapter_dir: str | Path) -> str:
+    """Short name of an adapter's base model: the builtin's or the folder's name, or the hub id."""
+    from nebula.deploy.export.merge import read_adapter_config
+
+    name = str(read_adapter_config(Path(adapter_dir)).get("base_model_name_or_path") or "?")
+    return Path(name).name if Path(name).is_absolute() else name
+
+
+# --- printing ----------------------------------------------------------------------------------
+
+
+def format_markdown(report: dict) -> str:
+    """The report's rows as a Markdown table, with one line of context above it."""
+    test, timing = report["test"], report["timing"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"Test set: {test['dataset']}, {test['size']} texts (seed {test['seed']})"
+        + (f", {100 * test['outside_vocabulary']:.1f}% with tokens outside the pruned vocabulary"
+           if report["package"]["kept_vocab_size"] else "")
+        + f". Latency: median of {timing['repeats']} runs, {timing['threads']} thread(s), {timing['what']}.",
+        "",
+        "| model | size (MB) | accuracy | top-1 agreement with export | max abs logit diff | batch-1 (ms) | batch-32 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['model']} | {fmt(r['size_mb'], '.1f')} | {100 * r['accuracy']:.1f}% | {100 * r['top1_agreement']:.1f}% "
+            f"| {r['max_abs_logit_diff']:.4f} | {r['latency_b1_ms']:.2f} | {r['latency_b32_ms']:.1f} |"
+        )
+    if report.get("against_teachers"):
+        t = TARGETS
+        lines += [
+            "",
+            f"| export against | smaller (target >= {t['smaller_x']:g}x) | accuracy kept (target >= {100 * t['accuracy_kept']:g}%) "
+            f"| batch-1 faster (target >= {t['batch1_faster_x']:g}x) |",
+            "|---|---:|---:|---:|",
+        ]
+        for a in report["against_teachers"]:
+            cell = lambda key, spec, unit: "-" if a[key] is None else (  # noqa: E731
+                f"{format(a[key] * (100 if unit == '%' else 1), spec)}{unit} ({'met' if a['met'][key] else 'not met'})")
+            lines.append(f"| {a['teacher']} | {cell('smaller_x', '.1f', 'x')} | {cell('accuracy_kept', '.1f', '%')} "
+                         f"| {cell('batch1_faster_x', '.1f', 'x')} |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:
+    """Write ``export-report.md`` and ``export-report.json`` into ``folder``."""
+    folder = Path(folder)
+    md, js = (folder / name for name in REPORT_FILES)
+    md.write_text(format_markdown(report) + "\n")
+    js.write_text(json.dumps(report, indent=2) + "\n")
+    return md, js

@@ -1,0 +1,83 @@
+"""One round of the teacher node as a function: what :class:`nebula.client.teacher.TeacherNode` runs each
+round, and what unlearning's exact replay (server/unlearning/replay.py) runs offline from the ledger.
+
+A round, given every consensus target gathered so far (``gathered_ids``, ``gathered_probs``) and
+the ids of this round's public inputs:
+
+1. the teacher trains its LoRA ``train.teacher_epochs`` epochs toward all gathered targets (KL at T),
+2. it labels the student's inputs (the whole public pool, ``train.student_inputs = "pool"``, or the
+   gathered ids) and answers its logits on this round's inputs as the refined targets,
+3. the global student distills ``train.student_epochs`` epochs from the teacher's ``softmax(z / T)``.
+
+**Deterministic.** The data order of each fit comes from :func:`round_seed`, and the torch random
+state (dropout of the base model in train mode) is seeded from the same number inside a forked RNG,
+so the same inputs, states and thread count give bit-identical states, in any process, whatever ran
+in it before (a Ray worker shares its process with other virtual nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nebula.common.config import NebulaConfig
+from nebula.common.federation_data import FederationData
+from nebula.learning.models import Learner
+from nebula.common.probabilities import softmax
+from nebula.learning.training import FitResult, encode, fit, predict_logits
+
+@dataclass(frozen=True)
+class TeachResult:
+    refined: np.ndarray  # (N_round, C) float32: the teacher's logits on this round's inputs
+    teacher_fit: FitResult
+    student_fit: FitResult
+
+
+def round_seed(config: NebulaConfig, round_index: int) -> int:
+    """Seed of round ``round_index``'s teacher fit; the student's is this plus one."""
+    return config.data.seed * 1000 + round_index
+
+
+def teach_step(
+    teacher: Learner,
+    student: Learner,
+    data: FederationData,
+    config: NebulaConfig,
+    *,
+    gathered_ids: np.ndarray,
+    gathered_probs: np.ndarray,
+    round_ids: np.ndarray,
+    seed: int,
+) -> TeachResult:
+    """Train ``teacher`` and ``student`` in place for one round; see the module docstring.
+
+    Parameters
+    ----------
+    gathered_ids : (M,) int64 public-pool ids of every consensus target gathered so far.
+    gathered_probs : (M, C) float32 target probabilities, row ``m`` for ``gathered_ids[m]``.
+    round_ids : (N,) this round's public inputs; each must be in ``gathered_ids`` (pool mode) or
+        among the student's inputs.
+    seed : :func:`round_seed` of the round.
+    """
+    cfg = config.train
+    T, max_len = cfg.temperature, config.data.max_length
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc_all = encode(teacher.tokenizer, data.public_texts(gathered_ids), max_length=max_len)
+        teacher_fit = fit(
+            teacher.model, enc_all, targets=gathered_probs, epochs=cfg.teacher_epochs, temperature=T,
+            lr=cfg.teacher_lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed,
+        )
+        student_ids = np.arange(len(data.public)) if cfg.student_inputs == "pool" else gathered_ids
+        texts = data.public_texts(student_ids)
+        teacher_logits = predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len))  # (S, C)
+        pos = {int(i): k for k, i in enumerate(student_ids)}
+        refined = teacher_logits[[pos[int(i)] for i in round_ids]]  # (N_round, C)
+        enc_student = encode(student.tokenizer, texts, max_length=max_len)
+        student_fit = fit(
+            student.model, enc_student, targets=softmax(teacher_logits, temperature=T), epochs=cfg.student_epochs,
+            temperature=T, lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,
+        )
+    return TeachResult(refined, teacher_fit, student_fit)

@@ -1,0 +1,153 @@
+"""Training and inference loops shared by edge clients, the teacher and the baselines.
+
+One loop (:func:`fit`) serves supervised training and distillation: the loss is chosen by
+what the caller passes (labels, soft targets or both). Large batches are split into
+micro-batches whose gradients accumulate, so a device with little memory trains with the
+same effective batch as a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nebula.learning.losses import distillation_loss
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tokenised texts, unpadded; batches are padded on the fly to their longest row."""
+
+    input_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "Encoded":
+        return Encoded([self.input_ids[i] for i in index])
+
+
+def encode(tokenizer, texts: Sequence[str], *, max_length: int) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return Encoded(ids)
+
+
+def _collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask  # (B, L), (B, L)
+
+
+def _pad_id(model) -> int:
+    return getattr(model.config, "pad_token_id", None) or 0
+
+
+@torch.no_grad()
+def predict_logits(model, data: Encoded, *, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) as float32. Sorts by length so padding is small, then restores order."""
+    model.eval()
+    order = np.argsort([len(r) for r in data.input_ids], kind="stable")
+    out: list[torch.Tensor] = []
+    for start in range(0, len(order), batch_size):
+        ids, mask = _collate([data.input_ids[i] for i in order[start : start + batch_size]], _pad_id(model))
+        out.append(model(input_ids=ids, attention_mask=mask).logits.float())
+    logits = torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels), np.float32)
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    mean_loss: float
+    examples: int
+
+
+def fit(
+    model,
+    data: Encoded,
+    *,
+    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    logit_shift: np.ndarray | None = None,
+    seed: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Train the trainable parameters of ``model`` on ``data``.
+
+    Parameters
+    ----------
+    labels : (N,) int, optional
+        Hard labels: cross-entropy.
+    targets : (N, C) float, optional
+        Soft target probabilities: KL at ``temperature`` (x T^2). With both, the loss is
+        ``alpha * KL + (1 - alpha) * CE`` (:func:`nebula.learning.losses.distillation_loss`).
+    logit_shift : (C,) float, optional
+        Added to the logits in the cross-entropy only (logit-adjusted CE, :mod:`nebula.common.priors`).
+    micro_batch_size : int
+        Examples per forward pass; gradients of ``batch_size / micro_batch_size`` passes
+        accumulate before each optimizer step, each scaled by its share of the batch.
+    """
+    if labels is None and targets is None:
+        raise ValueError("fit needs labels, targets or both")
+    n = len(data)
+    if n == 0 or epochs == 0:
+        return FitResult(0, float("nan"), 0)
+    for name, arr in (("labels", labels), ("targets", targets)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} rows for {n} inputs")
+    if targets is None:
+        alpha = 0.0
+    elif labels is None:
+        alpha = 1.0
+    shift = None if logit_shift is None else torch.as_tensor(np.asarray(logit_shift), dtype=torch.float32)  # (C,)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer or torch.optim.AdamW(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    pad = _pad_id(model)
+    model.train()
+    losses, steps = [], 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            batch_loss = 0.0
+            for m in range(0, len(batch), micro_batch_size):
+                micro = batch[m : m + micro_batch_size]
+                ids, mask = _collate([data.input_ids[i] for i in micro], pad)
+                logits = model(input_ids=ids, attention_mask=mask).logits  # (b, C)
+                y = torch.as_tensor(labels[micro]) if labels is not None else None
+                if targets is None:
+                    loss = F.cross_entropy(logits if shift is None else logits + shift, y)
+                else:
+                    t = torch.as_tensor(targets[micro], dtype=torch.float32)
+                    loss = distillation_loss(logits, t, y, temperature=temperature, alpha=alpha, logit_shift=shift)
+                (loss * (len(micro) / len(batch))).backward()
+                batch_loss += loss.item() * len(micro) / len(batch)
+            opt.step()
+            steps += 1
+            losses.append(batch_loss)
+            if on_step is not None:
+                on_step(steps, batch_loss)
+    return FitResult(steps, float(np.mean(losses)), n * epochs)
