@@ -33,9 +33,11 @@ test: $(STAMP) lint
 test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not e2e"
 
-# Layer contracts (pyproject.toml, [tool.importlinter]).
+# Layer contracts (pyproject.toml, [tool.importlinter]), then ruff's lint and format check ([tool.ruff]).
 lint: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,4 +1,7 @@
-"""``nebula certs`` and ``nebula deploy up|down``: registered on the ``nebula`` command by :func:`add_deploy_commands`."""
+"""``nebula certs`` and ``nebula deploy up|down``.
+
+Both are registered on the ``nebula`` command by :func:`add_deploy_commands`.
+"""
 
 from __future__ import annotations
 
@@ -19,22 +22,44 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     steps = deploy.add_subparsers(dest="deploy_command", required=True)
 
     text = "start a SuperLink, register and start the teacher and client SuperNodes, submit the run"
-    p = steps.add_parser("up", help=text, description=text + ". Processes keep running until `nebula deploy down`"
-                         " unless --wait.")
+    p = steps.add_parser(
+        "up", help=text, description=text + ". Processes keep running until `nebula deploy down` unless --wait."
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of this deployment: logs, state, FLWR_HOME, output")
-    p.add_argument("--certs", required=True, metavar="DIR", help="folder written by `nebula certs` (with a key per node)")
-    p.add_argument("--teacher", default=DEFAULT_NODES[0], help=f"name of the teacher SuperNode (default {DEFAULT_NODES[0]})")
-    p.add_argument("--clients", default=",".join(DEFAULT_NODES[1:]),
-                   help=f"comma list of client SuperNode names, partitions 0..n-1 (default {','.join(DEFAULT_NODES[1:])})")
+    p.add_argument(
+        "--certs", required=True, metavar="DIR", help="folder written by `nebula certs` (with a key per node)"
+    )
+    p.add_argument(
+        "--teacher", default=DEFAULT_NODES[0], help=f"name of the teacher SuperNode (default {DEFAULT_NODES[0]})"
+    )
+    p.add_argument(
+        "--clients",
+        default=",".join(DEFAULT_NODES[1:]),
+        help=f"comma list of client SuperNode names, partitions 0..n-1 (default {','.join(DEFAULT_NODES[1:])})",
+    )
     p.add_argument("--preset", default="quick", help="run config preset (default quick)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set federation.rounds=1 (repeatable)")
-    p.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet, Control and Runtime APIs; default 9093, 0: free)")
-    p.add_argument("--workers", action="store_true",
-                   help="start a long-lived local worker beside each SuperNode (client/worker.py): no torch import or "
-                        "model load per message")
-    p.add_argument("--wait", action="store_true", help="wait for the run to finish, print its rounds, then stop everything")
-    p.add_argument("--timeout", type=float, default=3600.0, help="with --wait: seconds to wait for the run (default 3600)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set federation.rounds=1 (repeatable)",
+    )
+    p.add_argument(
+        "--port", type=int, default=9093, help="SuperLink port (Fleet, Control and Runtime APIs; default 9093, 0: free)"
+    )
+    p.add_argument(
+        "--workers",
+        action="store_true",
+        help="start a long-lived local worker beside each SuperNode (client/worker.py): no torch import or "
+        "model load per message",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the run to finish, print its rounds, then stop everything"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=3600.0, help="with --wait: seconds to wait for the run (default 3600)"
+    )
     p.set_defaults(func=_up)
 
     text = "stop every process `nebula deploy up` started in RUN_DIR (by process id, SIGTERM then SIGKILL)"
@@ -55,34 +80,65 @@ def _up(args: argparse.Namespace) -> int:
             return 2
         overrides[key] = value
     material = DeploymentMaterial.at(args.certs, [args.teacher, *clients])
-    missing = [str(p) for p in (material.ca_cert, material.tls_cert, material.tls_key, *material.supernode_keys.values(),
-                                *material.supernode_pubs.values()) if not p.exists()]
+    missing = [
+        str(p)
+        for p in (
+            material.ca_cert,
+            material.tls_cert,
+            material.tls_key,
+            *material.supernode_keys.values(),
+            *material.supernode_pubs.values(),
+        )
+        if not p.exists()
+    ]
     if missing:
-        print(f"error: missing in {args.certs}: {', '.join(missing)} (make them with `nebula certs {args.certs} "
-              f"--nodes {args.teacher},{','.join(clients)}`)", file=sys.stderr)
+        print(
+            f"error: missing in {args.certs}: {', '.join(missing)} (make them with `nebula certs {args.certs} "
+            f"--nodes {args.teacher},{','.join(clients)}`)",
+            file=sys.stderr,
+        )
         return 2
     t0 = time.perf_counter()
     try:
-        fed, run_id = start_federation(args.run_dir, material, teacher=args.teacher, clients=clients, preset=args.preset,
-                                       overrides=overrides, port=args.port, workers=args.workers)
+        fed, run_id = start_federation(
+            args.run_dir,
+            material,
+            teacher=args.teacher,
+            clients=clients,
+            preset=args.preset,
+            overrides=overrides,
+            port=args.port,
+            workers=args.workers,
+        )
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"SuperLink https://{fed.address}, {len(fed.processes)} processes (pids in {fed.run_dir / 'pids.json'}); run {run_id}")
+    print(
+        f"SuperLink https://{fed.address}, {len(fed.processes)} processes "
+        f"(pids in {fed.run_dir / 'pids.json'}); run {run_id}"
+    )
     if not args.wait:
-        print(f"follow: FLWR_HOME={fed.run_dir / 'flwr'} flwr log {run_id} nebula\nstop:   nebula deploy down {args.run_dir}")
+        print(
+            f"follow: FLWR_HOME={fed.run_dir / 'flwr'} flwr log {run_id} nebula\n"
+            f"stop:   nebula deploy down {args.run_dir}"
+        )
         return 0
     try:
         status = fed.wait_run(run_id, timeout=args.timeout)
-        print(f"run {run_id}: {status['status']} in {time.perf_counter() - t0:.0f} s (Flower: {status['elapsed']:.0f} s running)")
-        metrics = fed.server_dir / "metrics.jsonl"
+        print(
+            f"run {run_id}: {status['status']} in {time.perf_counter() - t0:.0f} s "
+            f"(Flower: {status['elapsed']:.0f} s running)"
+        )
+        metrics = fed.run_folder.metrics
         for line in metrics.read_text().splitlines() if metrics.exists() else []:
             row = json.loads(line)
             t = round_timing(row)
-            print(f"  round {row['round']}: {row['accepted']} replies (rejected: {row['rejected'] or '-'}); "
-                  f"wall {t['wall']:.1f} s vs compute {t['compute']:.1f} s = {t['ratio']:.2f}x | clients: wait "
-                  f"{t['clients_wait']:.1f} s, slowest compute {t['clients_compute']:.1f} s | teacher: wait "
-                  f"{t['teacher_wait']:.1f} s, compute {t['teacher_compute']:.1f} s")
+            print(
+                f"  round {row['round']}: {row['accepted']} replies (rejected: {row['rejected'] or '-'}); "
+                f"wall {t['wall']:.1f} s vs compute {t['compute']:.1f} s = {t['ratio']:.2f}x | clients: wait "
+                f"{t['clients_wait']:.1f} s, slowest compute {t['clients_compute']:.1f} s | teacher: wait "
+                f"{t['teacher_wait']:.1f} s, compute {t['teacher_compute']:.1f} s"
+            )
         return 0 if status["status"] == "finished:completed" else 1
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

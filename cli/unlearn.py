@@ -1,9 +1,11 @@
 """``nebula unlearn``: the operator's commands and the service's own.
 
-    nebula unlearn CLIENT --reason TEXT --mode purge|reaggregate|exact-replay|fast-correction --server HOST:PORT --ca CA.pem --key OPERATOR.key
+    nebula unlearn CLIENT --reason TEXT --mode purge|reaggregate|exact-replay|fast-correction
+        --server HOST:PORT --ca CA.pem --key OPERATOR.key
     nebula unlearn status ID ...      nebula unlearn list ...
     nebula unlearn verify CERT.json --server-key SERVER-SIGNING.pub
-    nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY --tls-cert PEM --tls-key KEY
+    nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY
+        --tls-cert PEM --tls-key KEY
     nebula unlearn benchmark [--preset benchmark] [--client client-3] [--out runs/unlearn-benchmark]
 
 ``nebula unlearn CLIENT`` is ``nebula unlearn submit CLIENT`` (:func:`rewrite_argv`); a client
@@ -38,92 +40,181 @@ def rewrite_argv(argv: list[str]) -> list[str]:
 
 
 def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
+    text = "forget a client on an operator's request (gRPC over TLS, signed requests), and check certificates"
+    group = sub.add_parser(
+        "unlearn", help=text, description=text + ". `nebula unlearn CLIENT ...` is `nebula unlearn submit CLIENT ...`."
+    )
+    cmds = group.add_subparsers(
+        dest="unlearn_command", required=True, metavar="{CLIENT,submit,status,list,verify,serve,benchmark}"
+    )
+    _add_submit_parser(cmds)
+    _add_status_parser(cmds)
+    _add_list_parser(cmds)
+    _add_verify_parser(cmds)
+    _add_serve_parser(cmds)
+    _add_benchmark_parser(cmds)
+
+
+def _operator_args(p: argparse.ArgumentParser) -> None:
+    """The options every command that calls the service takes."""
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the unlearning service")
+    p.add_argument(
+        "--ca", required=True, metavar="CA.pem", help="CA certificate that issued the service's TLS certificate"
+    )
+    p.add_argument(
+        "--key",
+        required=True,
+        metavar="OPERATOR.key",
+        help="your Ed25519 private key (PEM); the service must trust its public key",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+
+
+def _add_submit_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn submit``."""
     from nebula.server.unlearning import available_modes
     from nebula.server.unlearning.registry import mode_summaries
-    from nebula.server.unlearning.requests import STATUSES
-
-    modes = "; ".join(f"{name}: {text}" for name, text in mode_summaries().items())
-    text = "forget a client on an operator's request (gRPC over TLS, signed requests), and check certificates"
-    group = sub.add_parser("unlearn", help=text, description=text + ". `nebula unlearn CLIENT ...` is `nebula unlearn submit CLIENT ...`.")
-    cmds = group.add_subparsers(dest="unlearn_command", required=True, metavar="{CLIENT,submit,status,list,verify,serve,benchmark}")
-
-    def operator_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the unlearning service")
-        p.add_argument("--ca", required=True, metavar="CA.pem", help="CA certificate that issued the service's TLS certificate")
-        p.add_argument("--key", required=True, metavar="OPERATOR.key", help="your Ed25519 private key (PEM); the service must trust its public key")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
 
     text = "submit an unlearn request (stored durably before it is acknowledged; idempotent per --request-key)"
     p = cmds.add_parser("submit", help=text, description=text)
     p.add_argument("client", metavar="CLIENT", help="id of the client to forget (as in the ledger, e.g. client-3)")
     p.add_argument("--reason", required=True, help="why (kept in the request and the certificate)")
+    modes = "; ".join(f"{name}: {text}" for name, text in mode_summaries().items())
     p.add_argument("--mode", required=True, choices=available_modes(), help=modes)
-    p.add_argument("--request-key", default=None, metavar="K",
-                   help="idempotency key: submitting again with the same key and content gives the same request id "
-                        "(default: a new random key)")
+    p.add_argument(
+        "--request-key",
+        default=None,
+        metavar="K",
+        help="idempotency key: submitting again with the same key and content gives the same request id "
+        "(default: a new random key)",
+    )
     p.add_argument("--wait", action="store_true", help="poll until the request is done or failed")
     p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds --wait polls at most (default 300)")
     p.add_argument("--out", default=None, metavar="CERT.json", help="with --wait: write the signed certificate here")
-    operator_args(p)
+    _operator_args(p)
     p.set_defaults(func=_submit)
 
+
+def _add_status_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn status``."""
     text = "show one request: status, error, attempts; --out writes its certificate once done"
     p = cmds.add_parser("status", help=text, description=text)
     p.add_argument("request_id", metavar="ID")
-    p.add_argument("--out", default=None, metavar="CERT.json", help="write the signed certificate here (request must be done)")
+    p.add_argument(
+        "--out", default=None, metavar="CERT.json", help="write the signed certificate here (request must be done)"
+    )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
-    operator_args(p)
+    _operator_args(p)
     p.set_defaults(func=_status)
+
+
+def _add_list_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn list``."""
+    from nebula.server.unlearning.requests import STATUSES
 
     text = "list requests, newest first"
     p = cmds.add_parser("list", help=text, description=text)
     p.add_argument("--status", default="", choices=("",) + STATUSES, help="only requests with this status")
     p.add_argument("--limit", type=int, default=100, help="at most this many (1 to 1000, default 100)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
-    operator_args(p)
+    _operator_args(p)
     p.set_defaults(func=_list)
 
+
+def _add_verify_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn verify``."""
     text = "check a certificate's signature against the server's public key (no network needed)"
     p = cmds.add_parser("verify", help=text, description=text)
     p.add_argument("certificate", metavar="CERT", help="certificate JSON file")
     p.add_argument("--server-key", required=True, metavar="PUB.pem", help="the server's Ed25519 public key (PEM)")
     p.set_defaults(func=_verify)
 
+
+def _add_serve_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn serve``."""
     text = "run the unlearning service on a ledger; it carries out requests at once (no live run)"
-    p = cmds.add_parser("serve", help=text, description=text + ". Stop with Ctrl-C; unfinished requests resume at the next start.")
+    p = cmds.add_parser(
+        "serve", help=text, description=text + ". Stop with Ctrl-C; unfinished requests resume at the next start."
+    )
     p.add_argument("--ledger", required=True, help="the federation's ledger.sqlite")
-    p.add_argument("--operators", required=True, metavar="DIR", help="trusted operators' Ed25519 public keys: folder of *.pem/*.pub, or one file")
-    p.add_argument("--signing-key", required=True, metavar="KEY", help="the server's Ed25519 private key (PEM): signs certificates")
-    p.add_argument("--tls-cert", required=True, metavar="PEM", help="the service's TLS certificate, issued by the operators' CA")
+    p.add_argument(
+        "--operators",
+        required=True,
+        metavar="DIR",
+        help="trusted operators' Ed25519 public keys: folder of *.pem/*.pub, or one file",
+    )
+    p.add_argument(
+        "--signing-key", required=True, metavar="KEY", help="the server's Ed25519 private key (PEM): signs certificates"
+    )
+    p.add_argument(
+        "--tls-cert", required=True, metavar="PEM", help="the service's TLS certificate, issued by the operators' CA"
+    )
     p.add_argument("--tls-key", required=True, metavar="KEY", help="its private key")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50061, help="port (default 50061; 0: any free port, printed at start)")
     p.add_argument("--store", default=None, help="request store (default: tables in the ledger file)")
-    p.add_argument("--certificates-dir", default=None, help="copies of certificates (default: <ledger folder>/certificates)")
-    p.add_argument("--window", type=float, default=300.0, help="seconds a signed call's timestamp may differ from this clock (default 300)")
+    p.add_argument(
+        "--certificates-dir", default=None, help="copies of certificates (default: <ledger folder>/certificates)"
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=300.0,
+        help="seconds a signed call's timestamp may differ from this clock (default 300)",
+    )
     p.set_defaults(func=_serve)
 
+
+def _add_benchmark_parser(cmds: argparse._SubParsersAction) -> None:
+    """``nebula unlearn benchmark``."""
     from nebula.common.config import add_arguments
     from nebula.common.presets import PRESETS
+    from nebula.server.unlearning import available_modes
 
-    text = ("simulate a federation, forget one client with each mode, retrain without it, and print the verification "
-            "table (accuracy on the forgotten client's data, the others' data and the test set, membership-inference AUC, "
-            "seconds against retraining)")
-    p = cmds.add_parser("benchmark", help=text, description=text + ". Writes OUT/unlearning.md and OUT/unlearning.json.")
-    p.add_argument("--preset", default="benchmark", choices=sorted(PRESETS), help="the federation's configuration (default benchmark: 10 clients)")
-    p.add_argument("--client", default="", help="client id to forget (default: the client with the most private training examples)")
+    text = (
+        "simulate a federation, forget one client with each mode, retrain without it, and print the verification "
+        "table (accuracy on the forgotten client's data, the others' data and the test set, membership-inference AUC, "
+        "seconds against retraining)"
+    )
+    p = cmds.add_parser(
+        "benchmark", help=text, description=text + ". Writes OUT/unlearning.md and OUT/unlearning.json."
+    )
+    p.add_argument(
+        "--preset",
+        default="benchmark",
+        choices=sorted(PRESETS),
+        help="the federation's configuration (default benchmark: 10 clients)",
+    )
+    p.add_argument(
+        "--client", default="", help="client id to forget (default: the client with the most private training examples)"
+    )
     p.add_argument("--modes", default="", help=f"comma list of modes (default: all: {', '.join(available_modes())})")
-    p.add_argument("--out", default="runs/unlearn-benchmark", help="folder for the runs, copies and the table (default runs/unlearn-benchmark)")
+    p.add_argument(
+        "--out",
+        default="runs/unlearn-benchmark",
+        help="folder for the runs, copies and the table (default runs/unlearn-benchmark)",
+    )
     from nebula.server.unlearning.fast_correction import CorrectionBudget
 
     budget = CorrectionBudget()
-    p.add_argument("--correction-teacher-steps", type=int, default=budget.teacher_steps,
-                   help=f"fast-correction budget: teacher optimizer steps (default {budget.teacher_steps})")
-    p.add_argument("--correction-student-steps", type=int, default=budget.student_steps,
-                   help=f"fast-correction budget: student optimizer steps (default {budget.student_steps})")
-    p.add_argument("--repeat-retraining", action="store_true",
-                   help="retrain a second time with the same configuration (row 'retrained-again'): retraining's own "
-                        "run-to-run spread, the floor under which a mode's gap means nothing")
+    p.add_argument(
+        "--correction-teacher-steps",
+        type=int,
+        default=budget.teacher_steps,
+        help=f"fast-correction budget: teacher optimizer steps (default {budget.teacher_steps})",
+    )
+    p.add_argument(
+        "--correction-student-steps",
+        type=int,
+        default=budget.student_steps,
+        help=f"fast-correction budget: student optimizer steps (default {budget.student_steps})",
+    )
+    p.add_argument(
+        "--repeat-retraining",
+        action="store_true",
+        help="retrain a second time with the same configuration (row 'retrained-again'): retraining's own "
+        "run-to-run spread, the floor under which a mode's gap means nothing",
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
     add_arguments(p)  # any configuration field over the preset, as `nebula simulate` takes them
     p.set_defaults(func=_benchmark)
@@ -159,8 +250,11 @@ def _submit(api, args: argparse.Namespace) -> int:
         return _fail("--out needs --wait (the certificate exists once the request is done)", 2)
     key = args.request_key or uuid.uuid4().hex
     reply = api.submit(args.client, reason=args.reason, mode=args.mode, idempotency_key=key)
-    print(f"request {reply.request_id} {reply.status}{'' if reply.created else ' (already submitted with this key)'}"
-          f" (request key {key})", flush=True)
+    print(
+        f"request {reply.request_id} {reply.status}{'' if reply.created else ' (already submitted with this key)'}"
+        f" (request key {key})",
+        flush=True,
+    )
     if not args.wait:
         return 0
     deadline = time.monotonic() + args.wait_timeout
@@ -194,7 +288,10 @@ def _list(api, args: argparse.Namespace) -> int:
 
 
 def _report(status, *, out: str | None) -> int:
-    print(f"request {status.request_id}: {status.status} ({status.mode} client {status.client_id}, attempts {status.attempts})")
+    print(
+        f"request {status.request_id}: {status.status} "
+        f"({status.mode} client {status.client_id}, attempts {status.attempts})"
+    )
     if status.status == "failed":
         return _fail(f"request {status.request_id} failed: {status.error}", 1)
     if status.status != "done":
@@ -204,15 +301,21 @@ def _report(status, *, out: str | None) -> int:
     cert = json.loads(status.certificate_json)
     removed = cert["ledger_rows_removed"]["count"]
     rounds = ", ".join(f"{r['run_id']}/{r['round']}" for r in cert["rounds_affected"]) or "none"
-    print(f"  {removed} ledger rows removed, {len(cert['consensus'])} round consensus recomputed, rounds affected: {rounds}")
+    print(
+        f"  {removed} ledger rows removed, {len(cert['consensus'])} round consensus recomputed, "
+        f"rounds affected: {rounds}"
+    )
     models = cert.get("models")
     if models is None:
         print("  models: unchanged (this mode acts on the ledger only)")
     elif not models.get("changed"):
         print(f"  models: unchanged ({models.get('note', '')})")
     else:
-        print(f"  models: teacher and global student changed, written to {models['output']} (run folder), "
-              f"teacher sha256 {models['teacher']['after_sha256'][:16]}..., student sha256 {models['student']['after_sha256'][:16]}...")
+        print(
+            f"  models: teacher and global student changed, written to {models['output']} (run folder), "
+            f"teacher sha256 {models['teacher']['after_sha256'][:16]}..., "
+            f"student sha256 {models['student']['after_sha256'][:16]}..."
+        )
     if out:
         Path(out).write_text(status.certificate_json, encoding="utf-8")
         print(f"  certificate: {out}")
@@ -236,8 +339,10 @@ def _verify(args: argparse.Namespace) -> int:
         cert = verify_certificate(args.certificate, args.server_key)
     except CertificateError as exc:
         return _fail(f"certificate does not verify: {exc}", 2 if isinstance(exc, MalformedCertificate) else 1)
-    print(f"valid: request {cert['request_id']}, {cert['mode']} of client {cert['client_id']} at {cert['created_at']}, "
-          f"{cert['ledger_rows_removed']['count']} ledger rows removed, signed by {cert['server_key']}")
+    print(
+        f"valid: request {cert['request_id']}, {cert['mode']} of client {cert['client_id']} at {cert['created_at']}, "
+        f"{cert['ledger_rows_removed']['count']} ledger rows removed, signed by {cert['server_key']}"
+    )
     return 0
 
 
@@ -247,10 +352,16 @@ def _serve(args: argparse.Namespace) -> int:
     from nebula.server.unlearning.service import ServeConfig, UnlearningServer
 
     config = ServeConfig(
-        ledger=Path(args.ledger), operators=Path(args.operators), signing_key=Path(args.signing_key),
-        tls_cert=Path(args.tls_cert), tls_key=Path(args.tls_key), host=args.host, port=args.port,
+        ledger=Path(args.ledger),
+        operators=Path(args.operators),
+        signing_key=Path(args.signing_key),
+        tls_cert=Path(args.tls_cert),
+        tls_key=Path(args.tls_key),
+        host=args.host,
+        port=args.port,
         store=Path(args.store) if args.store else None,
-        certificates_dir=Path(args.certificates_dir) if args.certificates_dir else None, window_s=args.window,
+        certificates_dir=Path(args.certificates_dir) if args.certificates_dir else None,
+        window_s=args.window,
     )
     try:
         server = UnlearningServer(config, checkpoint=checkpoint_from_env())
@@ -266,36 +377,44 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    import logging
+    import flwr.simulation  # noqa: F401  (importing flwr resets its logger: import first, then quieten)
 
+    from nebula.cli._output import pct, quiet_libraries
     from nebula.common.config import ConfigError, overrides_from_args
     from nebula.common.presets import preset_config
     from nebula.server.unlearning import available_modes
     from nebula.simulation.unlearning_benchmark import UnlearningBenchmark, run_benchmark
 
-    import flwr.simulation  # noqa: F401  (importing flwr resets its logger: import first, then quieten)
-
-    if not args.verbose:
-        for noisy in ("flwr", "ray", "transformers"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries(args.verbose)
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = [m for m in modes if m not in available_modes()]
     if unknown:
         return _fail(f"unknown mode(s) {unknown}; available: {', '.join(available_modes())}", 2)
     try:
         config = preset_config(args.preset, overrides_from_args(args))
-        bench = UnlearningBenchmark(config=config, out=Path(args.out), client=args.client, modes=modes, workers=args.workers,
-                                    correction_teacher_steps=args.correction_teacher_steps,
-                                    correction_student_steps=args.correction_student_steps,
-                                    repeat_retraining=args.repeat_retraining)
+        bench = UnlearningBenchmark(
+            config=config,
+            out=Path(args.out),
+            client=args.client,
+            modes=modes,
+            workers=args.workers,
+            correction_teacher_steps=args.correction_teacher_steps,
+            correction_student_steps=args.correction_student_steps,
+            repeat_retraining=args.repeat_retraining,
+        )
         if bench.client and bench.client not in {f"client-{i}" for i in range(config.data.num_clients)}:
-            raise ConfigError(f"--client {bench.client!r} is not one of client-0 .. client-{config.data.num_clients - 1}")
+            raise ConfigError(
+                f"--client {bench.client!r} is not one of client-0 .. client-{config.data.num_clients - 1}"
+            )
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc), 2)
+
     def progress(s: dict) -> None:
-        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        print(f"      round {s['round']}: {s['accepted']} replies | teacher {pct(s['teacher_acc'])} | global student "
-              f"{pct(s['student_acc'])} | {s['seconds']:.0f} s", flush=True)
+        print(
+            f"      round {s['round']}: {s['accepted']} replies | teacher {pct(s['teacher_acc'])} | global student "
+            f"{pct(s['student_acc'])} | {s['seconds']:.0f} s",
+            flush=True,
+        )
 
     result = run_benchmark(bench, on_round=progress, say=lambda line: print(line, flush=True))
     print("\n" + result.table + "\n")

@@ -20,16 +20,28 @@ import os
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from nebula.client import worker_link
-from nebula.client.runtime import inference
 from nebula.client.faults import corrupt, parse_faults
-from nebula.client.messages import describe_reply, guarded, ok_reply, read_request
+from nebula.client.messages import answer, describe_reply, guarded, read_request
 from nebula.client.node import NodeIdentity
+from nebula.client.runtime import inference
 from nebula.common import keys
 from nebula.common.config import NebulaConfig
+from nebula.common.messages import (
+    DescribeRequest,
+    FinishReply,
+    FinishRequest,
+    RestoreReply,
+    RestoreRequest,
+    RoundReply,
+    RoundRequest,
+    TeachReply,
+    TeachRequest,
+)
+from nebula.common.run_folder import RunFolder
 
 app = ClientApp()
 log = logging.getLogger(__name__)
@@ -51,20 +63,27 @@ def forwarded(handler):
     return wrapped
 
 
-def _setup(msg: Message, context: Context) -> tuple[NebulaConfig, NodeIdentity, ConfigRecord]:
-    config, node, round_rec = read_request(msg, context)
+def _setup(msg: Message, context: Context, kind: type):
+    """``(request, node)`` of a message of kind ``kind``; sets torch's threads for a training role."""
+    request, node = read_request(msg, context, kind)
     if node.role == keys.ROLE_INFERENCE:
-        return config, node, round_rec  # onnxruntime takes train.threads itself; no torch here
+        return request, node  # onnxruntime takes train.threads itself; no torch here
     import torch  # here, not at the top: see the module docstring
 
-    threads = (config.train.teacher_threads or os.cpu_count()) if node.role == keys.ROLE_TEACHER else config.train.threads
+    config = request.envelope.config
+    threads = (
+        (config.train.teacher_threads or os.cpu_count()) if node.role == keys.ROLE_TEACHER else config.train.threads
+    )
     if threads:
         torch.set_num_threads(threads)
-    return config, node, round_rec
+    return request, node
 
 
-def _output_dir(context: Context, round_rec: ConfigRecord) -> Path:
-    return Path(str(context.node_config.get("output-dir", round_rec.get(keys.OUTPUT_DIR, "runs/latest"))))
+def _run_folder(context: Context, request) -> RunFolder:
+    """The run folder: the node config's ``output-dir`` (a deployment's node writes its own), else the server's."""
+    return RunFolder(
+        Path(str(context.node_config.get(keys.NODE_OUTPUT_DIR, request.envelope.output_dir or "runs/latest")))
+    )
 
 
 def _worker(config: NebulaConfig, node: NodeIdentity, context: Context):
@@ -74,67 +93,74 @@ def _worker(config: NebulaConfig, node: NodeIdentity, context: Context):
     return TeacherNode(config, context) if node.role == keys.ROLE_TEACHER else EdgeClient(config, node.index, context)
 
 
+def _numpy_state(state) -> dict:
+    """A torch state dict as name -> numpy array, as the typed messages carry it."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
+
+
 @app.query("describe")
 @guarded
 @forwarded
 def describe(msg: Message, context: Context) -> Message:
-    config, node, rec = _setup(msg, context)
+    request, node = _setup(msg, context, DescribeRequest)
     if node.role == keys.ROLE_INFERENCE:
-        return inference.describe(msg, config, node, rec)
-    return describe_reply(msg, node, _worker(config, node, context).describe())
+        return inference.describe(msg, request, node)
+    return describe_reply(msg, node, _worker(request.envelope.config, node, context).describe())
 
 
 @app.train("round")
 @guarded
 @forwarded
 def train_round(msg: Message, context: Context) -> Message:
-    config, node, rec = _setup(msg, context)
+    request, node = _setup(msg, context, RoundRequest)
     if node.role == keys.ROLE_INFERENCE:
-        return inference.answer_round(msg, config, node, rec)
+        return inference.answer_round(msg, request, node)
     if node.role != keys.ROLE_CLIENT:
         raise ValueError(f"{keys.MSG_ROUND} sent to the teacher node")
+    config, r = request.envelope.config, request.round_index
     faults = parse_faults(config.federation.faults)
     if faults.get(node.index) == "error":
         raise RuntimeError(f"injected fault: client {node.index} fails its round")
-    round_index = int(rec[keys.ROUND_INDEX])
-    targets = rec.get(keys.TARGET_BLOB)
-    query_ids = np.asarray(rec[keys.QUERY_IDS], dtype=np.int64)
-    evaluate = round_index % config.train.eval_every == 0 or round_index == config.federation.rounds
+    evaluate = r % config.train.eval_every == 0 or r == config.federation.rounds
     client = _worker(config, node, context)
     start_from = None
-    if keys.STUDENT_STATE in msg.content.array_records:
-        if rec.get(keys.STUDENT_MODEL) != client.model_name:
-            raise ValueError(f"global student is a {rec.get(keys.STUDENT_MODEL)!r} model, this client runs {client.model_name!r}")
-        start_from = msg.content.array_records[keys.STUDENT_STATE].to_torch_state_dict()
-    class_counts = rec.get(keys.CLASS_COUNTS)
+    if request.student is not None:
+        if request.student_model != client.model_name:
+            raise ValueError(
+                f"global student is a {request.student_model!r} model, this client runs {client.model_name!r}"
+            )
+        import torch
+
+        start_from = {name: torch.from_numpy(array) for name, array in request.student.items()}
     out = client.run_round(
-        round_index=round_index, targets=targets or None, query_ids=query_ids, evaluate=evaluate, start_from=start_from,
-        class_counts=np.asarray(class_counts, dtype=np.int64) if class_counts else None,
+        round_index=r,
+        targets=request.targets,
+        query_ids=request.query_ids,
+        evaluate=evaluate,
+        start_from=start_from,
+        class_counts=np.asarray(request.class_counts, dtype=np.int64) if request.class_counts else None,
     )
     blob = corrupt(out.logits_blob, faults[node.index]) if node.index in faults else out.logits_blob
-    return ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.LOGITS_BLOB: blob}, out.metrics)
+    return answer(msg, RoundReply(node.client_id, blob, out.metrics))
 
 
-def _teacher_request(msg: Message, context: Context, message_type: str):
-    """``(teacher node, round record, output dir)`` of a message only the teacher may get."""
-    config, node, rec = _setup(msg, context)
+def _teacher_request(msg: Message, context: Context, kind: type):
+    """``(teacher node, its identity, the request, run folder)`` of a message only the teacher may get."""
+    request, node = _setup(msg, context, kind)
     if node.role != keys.ROLE_TEACHER:
-        raise ValueError(f"{message_type} sent to edge client {node.client_id}")
-    return _worker(config, node, context), node, rec, _output_dir(context, rec)
-
-
-def _with_student(reply: Message, student_state) -> Message:
-    reply.content[keys.STUDENT_STATE] = ArrayRecord(torch_state_dict=student_state)
-    return reply
+        raise ValueError(f"{kind.TYPE} sent to edge client {node.client_id}")
+    return _worker(request.envelope.config, node, context), node, request, _run_folder(context, request)
 
 
 @app.train("teach")
 @guarded
 @forwarded
 def teach(msg: Message, context: Context) -> Message:
-    teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_TEACH)
-    refined, metrics, student_state = teacher.teach(round_index=int(rec[keys.ROUND_INDEX]), consensus=rec[keys.CONSENSUS_BLOB], output_dir=out)
-    return _with_student(ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.REFINED_BLOB: refined}, metrics), student_state)
+    teacher, node, request, folder = _teacher_request(msg, context, TeachRequest)
+    out = teacher.teach(round_index=request.round_index, consensus=request.consensus, output_dir=folder.root)
+    return answer(
+        msg, TeachReply(node.client_id, out.refined, out.metrics, _numpy_state(out.student_state), out.checkpoint)
+    )
 
 
 @app.train("restore")
@@ -142,16 +168,18 @@ def teach(msg: Message, context: Context) -> Message:
 @forwarded
 def restore(msg: Message, context: Context) -> Message:
     """After a server restart (server/resume.py) or a live unlearning request: the teacher loads a checkpoint
-    and sends the global student back, and its logits on ``QUERY_IDS`` when asked (the next round's targets)."""
-    teacher, node, rec, out = _teacher_request(msg, context, keys.MSG_RESTORE)
+    and sends the global student back, and its logits on the request's query ids when asked (the next
+    round's targets)."""
+    teacher, node, request, folder = _teacher_request(msg, context, RestoreRequest)
     student_state = teacher.restore(
-        round_index=int(rec[keys.RESTORE_ROUND]), gathered=rec.get(keys.GATHERED_BLOB), output_dir=out,
-        states_dir=str(rec.get(keys.RESTORE_DIR, "")), keep=bool(rec.get(keys.RESTORE_KEEP, False)),
+        round_index=request.restore_round,
+        gathered=request.gathered,
+        output_dir=folder.root,
+        states_dir=request.restore_dir,
+        keep=request.keep,
     )
-    fields: dict = {keys.CLIENT_ID: node.client_id}
-    if keys.QUERY_IDS in rec:
-        fields[keys.REFINED_BLOB] = teacher.answer(np.asarray(rec[keys.QUERY_IDS], dtype=np.int64))
-    return _with_student(ok_reply(msg, fields), student_state)
+    refined = teacher.answer(request.query_ids) if request.query_ids is not None else None
+    return answer(msg, RestoreReply(node.client_id, refined, _numpy_state(student_state)))
 
 
 @app.query("finish")
@@ -159,21 +187,24 @@ def restore(msg: Message, context: Context) -> Message:
 @forwarded
 def finish(msg: Message, context: Context) -> Message:
     """Save this node's adapters where PeftModel.from_pretrained loads them."""
-    config, node, rec = _setup(msg, context)
+    request, node = _setup(msg, context, FinishRequest)
     if node.role == keys.ROLE_INFERENCE:
-        return inference.finish(msg, config, node, rec)
-    out = _output_dir(context, rec)
-    worker = _worker(config, node, context)
+        return inference.finish(msg, request, node)
+    folder = _run_folder(context, request)
+    worker = _worker(request.envelope.config, node, context)
     if node.role == keys.ROLE_TEACHER:
-        worker.save(out / "models")
+        worker.save(folder.models)
     else:
-        worker.save(out / "clients" / node.client_id / "adapter")
-    return ok_reply(msg, {keys.CLIENT_ID: node.client_id})
+        worker.save(folder.client_adapter(node.client_id))
+    return answer(msg, FinishReply(node.client_id))
 
 
 def handlers() -> dict:
     """Message type -> handler, as registered above (what the worker runs for a forwarded message)."""
     return {
-        keys.MSG_DESCRIBE: describe, keys.MSG_ROUND: train_round, keys.MSG_TEACH: teach,
-        keys.MSG_RESTORE: restore, keys.MSG_FINISH: finish,
+        keys.MSG_DESCRIBE: describe,
+        keys.MSG_ROUND: train_round,
+        keys.MSG_TEACH: teach,
+        keys.MSG_RESTORE: restore,
+        keys.MSG_FINISH: finish,
     }

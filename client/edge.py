@@ -17,12 +17,12 @@ from flwr.app import ArrayRecord, Context
 
 from nebula.common import keys
 from nebula.common.config import NebulaConfig
-from nebula.common.probabilities import softmax
 from nebula.common.federation_data import FederationData, build_federation_data
-from nebula.learning.models import Learner, learner_for, load_trainable_state, save_adapter, trainable_state
 from nebula.common.priors import prior_shift
-from nebula.learning.training import accuracy, encode, fit, predict_logits
+from nebula.common.probabilities import softmax
 from nebula.common.wire import decode_logits, encode_logits
+from nebula.learning.models import learner_for, load_trainable_state, save_adapter, trainable_state
+from nebula.learning.training import accuracy, encode, fit, predict_logits
 
 STATE_KEY = "edge-adapter"
 
@@ -60,8 +60,14 @@ class EdgeClient:
 
     # -- one round --------------------------------------------------------------------
     def run_round(
-        self, *, round_index: int, targets: bytes | None, query_ids: np.ndarray, evaluate: bool,
-        start_from: dict[str, torch.Tensor] | None = None, class_counts: np.ndarray | None = None,
+        self,
+        *,
+        round_index: int,
+        targets: bytes | None,
+        query_ids: np.ndarray,
+        evaluate: bool,
+        start_from: dict[str, torch.Tensor] | None = None,
+        class_counts: np.ndarray | None = None,
     ) -> RoundOutput:
         """One round.
 
@@ -78,13 +84,23 @@ class EdgeClient:
         metrics: dict[str, float] = {}
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr)
-        common = dict(lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, optimizer=opt)
+        common = dict(
+            lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, optimizer=opt
+        )
         if targets is not None:  # (1) digest the refined targets on last round's public inputs
             decoded = decode_logits(targets, num_classes=self.data.num_classes)
             self._check_ids(decoded.ids)
             probs = softmax(decoded.logits, temperature=cfg.train.temperature)
             enc = encode(tok, self.data.public_texts(decoded.ids), max_length=max_len)
-            res = fit(model, enc, targets=probs, epochs=cfg.train.digest_epochs, temperature=cfg.train.temperature, seed=seed, **common)
+            res = fit(
+                model,
+                enc,
+                targets=probs,
+                epochs=cfg.train.digest_epochs,
+                temperature=cfg.train.temperature,
+                seed=seed,
+                **common,
+            )
             metrics["digest_loss"] = res.mean_loss
         # (2) revisit private data; from round 2 on, also distill from the round-start model's own
         # predictions on these inputs (alpha), so fitting skewed local labels does not erase
@@ -94,8 +110,16 @@ class EdgeClient:
         if round_index > 1 and cfg.train.alpha > 0:
             keep = softmax(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
         res = fit(
-            model, enc, labels=self.data.labels(self.split.train), targets=keep, alpha=cfg.train.alpha, logit_shift=self.shift,
-            temperature=cfg.train.temperature, epochs=cfg.train.local_epochs, seed=seed + 1, **common,
+            model,
+            enc,
+            labels=self.data.labels(self.split.train),
+            targets=keep,
+            alpha=cfg.train.alpha,
+            logit_shift=self.shift,
+            temperature=cfg.train.temperature,
+            epochs=cfg.train.local_epochs,
+            seed=seed + 1,
+            **common,
         )
         metrics["train_loss"] = res.mean_loss
         # (3) answer soft logits on this round's public inputs
@@ -112,7 +136,9 @@ class EdgeClient:
         if not self.config.train.logit_adjust or class_counts is None:
             return None
         if class_counts.shape != (self.data.num_classes,):
-            raise ValueError(f"{keys.CLASS_COUNTS} has {class_counts.shape} entries, this client has {self.data.num_classes} classes")
+            raise ValueError(
+                f"{keys.CLASS_COUNTS} has {class_counts.shape} entries, this client has {self.data.num_classes} classes"
+            )
         return prior_shift(self.data.support(self.index), class_counts)
 
     def evaluate(self) -> dict[str, float]:
@@ -120,7 +146,11 @@ class EdgeClient:
         client's own held-out split (personalised: plus its prior shift, when it trains with one)."""
         tok, model, max_len = self.learner.tokenizer, self.learner.model, self.config.data.max_length
         test = self.data.test
-        out = {"acc_global": accuracy(predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len)), self.data.labels(test))}
+        out = {
+            "acc_global": accuracy(
+                predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len)), self.data.labels(test)
+            )
+        }
         if len(self.split.holdout):
             hold = self.split.holdout
             logits = predict_logits(model, encode(tok, self.data.texts(hold), max_length=max_len))  # (n_hold, C)

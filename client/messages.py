@@ -7,48 +7,45 @@ torch), so it imports nothing heavier than Flower and the config.
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message
 
 from nebula.client.node import NodeIdentity, identify
-from nebula.common import keys
-from nebula.common.config import NebulaConfig
+from nebula.common.messages import DescribeReply
 
 log = logging.getLogger(__name__)
 BAD_REQUEST, FAILED = 400, 500
+Q = TypeVar("Q")
 
 
-def read_request(msg: Message, context: Context) -> tuple[NebulaConfig, NodeIdentity, ConfigRecord]:
-    """The federation's config, this node's identity and the message's ROUND record (may be empty)."""
-    if keys.CONFIG not in msg.content.config_records:
-        raise ValueError(f"message has no {keys.CONFIG!r} record")
-    config = NebulaConfig.from_flat(dict(msg.content.config_records[keys.CONFIG]))
-    round_rec = msg.content.config_records.get(keys.ROUND, ConfigRecord())
-    teacher_index = int(round_rec.get(keys.TEACHER_INDEX, config.data.num_clients))
-    node = identify(context, teacher_index=teacher_index, inference_exports=config.federation.inference_exports())
-    return config, node, round_rec
+def read_request(msg: Message, context: Context, kind: type[Q]) -> tuple[Q, NodeIdentity]:
+    """The typed request of kind ``kind`` (MessageError, a ValueError, names a bad field) and this node's identity."""
+    request = kind.from_record(msg.content)
+    envelope = request.envelope
+    node = identify(
+        context, teacher_index=envelope.teacher_index, inference_exports=envelope.config.federation.inference_exports()
+    )
+    return request, node
 
 
-def ok_reply(msg: Message, fields: dict, metrics: dict[str, float] | None = None) -> Message:
-    """A reply carrying ``fields`` as the REPLY record and, if any, ``metrics`` as the METRICS record."""
-    content = RecordDict({keys.REPLY: ConfigRecord(fields)})
-    if metrics:
-        content[keys.METRICS] = MetricRecord({k: float(v) for k, v in metrics.items()})
-    return Message(content, reply_to=msg)
+def answer(msg: Message, reply) -> Message:
+    """The Flower reply carrying the typed ``reply`` (a :mod:`nebula.common.messages` reply)."""
+    return Message(reply.to_record(), reply_to=msg)
 
 
 def describe_reply(msg: Message, node: NodeIdentity, info: dict) -> Message:
     """The answer to ``query.describe``; ``info`` holds ``model``, ``num_examples`` and ``label_counts``."""
-    return ok_reply(
+    return answer(
         msg,
-        {
-            keys.ROLE: node.role,
-            keys.CLIENT_ID: node.client_id,
-            keys.CLIENT_INDEX: node.index,
-            keys.MODEL: info["model"],
-            keys.NUM_EXAMPLES: info["num_examples"],
-            keys.LABEL_COUNTS: info["label_counts"],
-        },
+        DescribeReply(
+            node.role,
+            node.client_id,
+            node.index,
+            info["model"],
+            int(info["num_examples"]),
+            tuple(int(c) for c in info["label_counts"]),
+        ),
     )
 
 
@@ -61,7 +58,7 @@ def guarded(handler):
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad request %s: %s", msg.metadata.message_type, exc)
             return Message(Error(BAD_REQUEST, f"{type(exc).__name__}: {exc}"), reply_to=msg)
-        except Exception as exc:  # noqa: BLE001 - the node must answer, not crash
+        except Exception as exc:
             log.exception("failed %s", msg.metadata.message_type)
             return Message(Error(FAILED, f"{type(exc).__name__}: {exc}"), reply_to=msg)
 

@@ -27,7 +27,9 @@ class NodeIdentity:
     export_dir: str = ""  # export package of an inference node (role keys.ROLE_INFERENCE), else ""
 
 
-def identify(context: Context, *, teacher_index: int, inference_exports: Mapping[int, str] | None = None) -> NodeIdentity:
+def identify(
+    context: Context, *, teacher_index: int, inference_exports: Mapping[int, str] | None = None
+) -> NodeIdentity:
     """Resolve this node's identity; raises ValueError naming the bad node-config field.
 
     ``inference_exports`` (``{partition: export folder}``, from ``federation.inference_clients``)
@@ -44,7 +46,9 @@ def identify(context: Context, *, teacher_index: int, inference_exports: Mapping
         raise ValueError(f"node config {keys.NODE_PARTITION}={cfg[keys.NODE_PARTITION]!r} is not an integer") from None
     if index == teacher_index and index in exports:
         raise ValueError(f"federation.inference_clients names partition {index}, which is the teacher's")
-    default = keys.ROLE_TEACHER if index == teacher_index else keys.ROLE_INFERENCE if index in exports else keys.ROLE_CLIENT
+    default = (
+        keys.ROLE_TEACHER if index == teacher_index else keys.ROLE_INFERENCE if index in exports else keys.ROLE_CLIENT
+    )
     role = str(cfg.get(keys.NODE_ROLE, default))
     if role not in ROLES:
         raise ValueError(f"node config role={role!r}; expected one of {', '.join(map(repr, ROLES))}")
@@ -56,6 +60,7 @@ def identify(context: Context, *, teacher_index: int, inference_exports: Mapping
     export_dir = str(cfg.get(keys.NODE_EXPORT_DIR, exports.get(index, "")))
     if not export_dir:
         raise ValueError(
-            f"node config role='inference' needs {keys.NODE_EXPORT_DIR!r}, the folder of an export package (nebula export)"
+            f"node config role='inference' needs {keys.NODE_EXPORT_DIR!r}, "
+            "the folder of an export package (nebula export)"
         )
     return NodeIdentity(role, index, client_id, export_dir)

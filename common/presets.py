@@ -9,7 +9,7 @@ from nebula.common.config import ConfigError, NebulaConfig
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's first command: minutes on 2 cores.
     "quick": {},
-    # The benchmark of issue 2: 10 clients, Dirichlet 0.3, more rounds and data.
+    # The benchmark federation: 10 clients, Dirichlet 0.3, more rounds and data.
     "benchmark": {
         "data.num_clients": 10,
         "data.dirichlet_alpha": 0.3,

@@ -6,7 +6,9 @@ client's posterior differs from the federation's only by its prior:
 .. math::
 
     \\log p_k(y \\mid x) = \\log p(x \\mid y) + \\log \\pi_k(y) - \\log p_k(x)
-                      = \\log p(y \\mid x) + \\underbrace{\\log \\pi_k(y) - \\log \\pi(y)}_{\\delta_k(y)} + \\mathrm{const}(x)
+                      = \\log p(y \\mid x)
+                         + \\underbrace{\\log \\pi_k(y) - \\log \\pi(y)}_{\\delta_k(y)}
+                         + \\mathrm{const}(x)
 
 so a model whose logits ``z`` estimate the federation's posterior fits the client's labels
 through ``z + delta_k`` (logit-adjusted cross-entropy, Menon et al. 2021, "Long-tail

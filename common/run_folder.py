@@ -9,7 +9,9 @@
     models/{teacher,global-student}/                 the final adapters (``PeftModel.from_pretrained``)
     clients/<client id>/adapter/                     each client's own adapter (in a deployment: on the device)
     certificates/<request id>.json                   signed unlearning certificates
-    unlearning/<request id>/...                      a model-changing unlearning request's states and adapters
+    unlearning/<request id>/...                      a model-changing unlearning request's states and adapters:
+                                                     checkpoints/round-NNN/, {teacher,student}.pt,
+                                                     models/{teacher,global-student}/
     unlearning/<request id>/models.json              its certificate's ``models`` field, written last
     unlearning/CURRENT                               id of the request whose states are the run's models now
 
@@ -25,8 +27,31 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_NAMES = ("teacher", "student")  # a checkpoint folder's files: <name>.pt
+ADAPTER_NAMES = ("teacher", "global-student")  # a models folder's adapters: <name>/
 CURRENT = "CURRENT"
 REQUEST_MANIFEST = "models.json"
+_ROUND_PREFIX = "round-"
+
+
+def round_checkpoint(checkpoints: Path, round_index: int) -> Path:
+    """Round ``round_index``'s folder in a checkpoints folder (a run's, a request's or any other): ``round-NNN``."""
+    return Path(checkpoints) / f"{_ROUND_PREFIX}{round_index:03d}"
+
+
+def checkpoint_file(folder: Path, name: str) -> Path:
+    """The state file ``<name>.pt`` (``name`` one of CHECKPOINT_NAMES) of a checkpoint folder."""
+    return Path(folder) / f"{name}.pt"
+
+
+def adapter_dirs(models: Path) -> tuple[Path, Path]:
+    """``(teacher, global student)`` adapter folders of a models folder (a run's or a request's)."""
+    teacher, student = (Path(models) / name for name in ADAPTER_NAMES)
+    return teacher, student
+
+
+def certificate_file(certificates: Path, request_id: str) -> Path:
+    """A request's certificate in a certificates folder: ``<request id>.json``."""
+    return Path(certificates) / f"{request_id}.json"
 
 
 @dataclass(frozen=True)
@@ -62,10 +87,23 @@ class RunFolder:
     def certificates(self) -> Path:
         return self.root / "certificates"
 
+    def certificate(self, request_id: str) -> Path:
+        """``certificates/<request id>.json``."""
+        return certificate_file(self.certificates, request_id)
+
     @property
     def models(self) -> Path:
         """Final adapters: ``teacher/`` and ``global-student/``."""
         return self.root / "models"
+
+    @property
+    def teacher_adapter(self) -> Path:
+        return adapter_dirs(self.models)[0]
+
+    @property
+    def student_adapter(self) -> Path:
+        """The global student's adapter: ``models/global-student``."""
+        return adapter_dirs(self.models)[1]
 
     @property
     def checkpoints(self) -> Path:
@@ -73,15 +111,23 @@ class RunFolder:
 
     def checkpoint(self, round_index: int) -> Path:
         """The teacher node's states after round ``round_index``: ``checkpoints/round-NNN``."""
-        return self.checkpoints / f"round-{round_index:03d}"
+        return round_checkpoint(self.checkpoints, round_index)
 
     def checkpoint_rounds(self) -> list[int]:
         """Rounds with a teacher checkpoint on disk, ascending."""
-        found = (p.name for p in self.checkpoints.glob("round-*") if (p / "teacher.pt").is_file())
-        return sorted(int(n.removeprefix("round-")) for n in found if n.removeprefix("round-").isdigit())
+        found = (
+            p.name
+            for p in self.checkpoints.glob(f"{_ROUND_PREFIX}*")
+            if checkpoint_file(p, CHECKPOINT_NAMES[0]).is_file()
+        )
+        return sorted(int(n.removeprefix(_ROUND_PREFIX)) for n in found if n.removeprefix(_ROUND_PREFIX).isdigit())
+
+    @property
+    def clients(self) -> Path:
+        return self.root / "clients"
 
     def client_adapter(self, client_id: str) -> Path:
-        return self.root / "clients" / client_id / "adapter"
+        return self.clients / client_id / "adapter"
 
     @property
     def unlearning(self) -> Path:
@@ -97,6 +143,14 @@ class RunFolder:
 
     def request_manifest(self, request_id: str) -> Path:
         return self.request_dir(request_id) / REQUEST_MANIFEST
+
+    def request_checkpoints(self, request_id: str) -> Path:
+        """Exact replay's rounds of a request: ``unlearning/<request id>/checkpoints``."""
+        return self.request_dir(request_id) / "checkpoints"
+
+    def request_models(self, request_id: str) -> Path:
+        """A request's adapters: ``unlearning/<request id>/models/{teacher,global-student}``."""
+        return self.request_dir(request_id) / "models"
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder, as stored in ledgers, manifests and messages."""

@@ -130,7 +130,9 @@ def encode_logits(ids: np.ndarray, logits: np.ndarray, *, dtype: str = "float16"
     with np.errstate(over="ignore", invalid="ignore"):
         z32 = z.astype(np.float32)
     if not np.isfinite(z32).all():
-        raise WireFormatError(f"logits has {int((~np.isfinite(z32)).sum())} non-finite values (NaN, Inf or beyond float32)")
+        raise WireFormatError(
+            f"logits has {int((~np.isfinite(z32)).sum())} non-finite values (NaN, Inf or beyond float32)"
+        )
 
     if dtype == "float16":
         body = np.clip(z32, -_FLOAT16_MAX, _FLOAT16_MAX).astype(_NUMPY["float16"]).tobytes()
@@ -177,6 +179,20 @@ def decode_logits(
     blob = bytes(blob)
     if len(blob) < HEADER_SIZE:
         raise WireFormatError(f"payload truncated: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    n, c, dtype = _read_header(blob, num_classes=num_classes)
+    ids, logits = _read_body(blob, n, c, dtype)
+
+    if expected_ids is not None:
+        order = _match_expected(ids, expected_ids)
+        ids, logits = ids[order], logits[order]
+    return DecodedLogits(ids=np.ascontiguousarray(ids), logits=np.ascontiguousarray(logits))
+
+
+def _read_header(blob: bytes, *, num_classes: int | None) -> tuple[int, int, str]:
+    """Validate the header of a blob at least ``HEADER_SIZE`` long, and its length against it.
+
+    Returns ``(N, C, dtype name)``.
+    """
     magic, version, code, reserved, n, c = _HEADER.unpack_from(blob, 0)
     if magic != MAGIC:
         raise WireFormatError(f"bad magic {magic!r}, expected {MAGIC!r}: not a Nebula logits payload")
@@ -193,8 +209,14 @@ def decode_logits(
     expected_len = payload_nbytes(n, c, dtype=dtype)
     if len(blob) != expected_len:
         what = "truncated" if len(blob) < expected_len else "over-long"
-        raise WireFormatError(f"payload {what}: {len(blob)} bytes, header (N={n}, C={c}, {dtype}) implies {expected_len}")
+        raise WireFormatError(
+            f"payload {what}: {len(blob)} bytes, header (N={n}, C={c}, {dtype}) implies {expected_len}"
+        )
+    return n, c, dtype
 
+
+def _read_body(blob: bytes, n: int, c: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The validated ids (N,) int64 and logits (N, C) float32 after the header, in wire order."""
     offset = HEADER_SIZE
     ids = np.frombuffer(blob, dtype="<i8", count=n, offset=offset).astype(np.int64)
     offset += 8 * n
@@ -203,7 +225,10 @@ def decode_logits(
         scales = np.frombuffer(blob, dtype="<f4", count=n, offset=offset).astype(np.float32)
         offset += _SCALE_BYTES * n
         if not np.isfinite(scales).all() or (scales <= 0).any():
-            raise WireFormatError(f"int8 scales must be finite and > 0, got {int((~(np.isfinite(scales) & (scales > 0))).sum())} bad scales")
+            raise WireFormatError(
+                "int8 scales must be finite and > 0, "
+                f"got {int((~(np.isfinite(scales) & (scales > 0))).sum())} bad scales"
+            )
         q = np.frombuffer(blob, dtype=np.int8, count=n * c, offset=offset).reshape(n, c)
         with np.errstate(over="ignore", invalid="ignore"):
             logits = q.astype(np.float32) * scales[:, None]  # (N, C)
@@ -211,11 +236,7 @@ def decode_logits(
         logits = np.frombuffer(blob, dtype=_NUMPY[dtype], count=n * c, offset=offset).reshape(n, c).astype(np.float32)
     if not np.isfinite(logits).all():
         raise WireFormatError(f"payload holds {int((~np.isfinite(logits)).sum())} non-finite logits (NaN or Inf)")
-
-    if expected_ids is not None:
-        order = _match_expected(ids, expected_ids)
-        ids, logits = ids[order], logits[order]
-    return DecodedLogits(ids=np.ascontiguousarray(ids), logits=np.ascontiguousarray(logits))
+    return ids, logits
 
 
 def _check_sizes(n: int, c: int) -> None:

@@ -7,7 +7,7 @@
 
 Private keys are written unencrypted (PKCS#8 PEM) with mode 0600: protect the folder, or keep them
 in a secret store. :func:`write_unlearning_material` writes the whole set for the unlearning
-service (tests, a first set-up); issue 4's ``nebula certs`` is meant to reuse these functions.
+service (tests, a first set-up); ``nebula certs`` (:mod:`nebula.deploy.pki`) reuses these functions.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,15 +32,30 @@ def make_ca(common_name: str = "Nebula CA", *, days: int = 3650) -> tuple[ec.Ell
     """A self-signed CA key and certificate (may sign leaf certificates only: path length 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -48,17 +63,25 @@ def make_ca(common_name: str = "Nebula CA", *, days: int = 3650) -> tuple[ec.Ell
 
 
 def make_server_cert(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str] = ("localhost", "127.0.0.1"), *, days: int = 825
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    *,
+    days: int = 825,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A TLS server key and certificate issued by the CA, valid for ``hosts`` (names or IP addresses)."""
     if not hosts:
         raise ValueError("hosts is empty: a server certificate needs at least one host name or IP address")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -108,18 +131,23 @@ class UnlearningMaterial:
     operator_key: Path  # the first operator's private key (--key)
 
 
-def write_unlearning_material(folder: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), operator: str = "operator") -> UnlearningMaterial:
+def write_unlearning_material(
+    folder: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), operator: str = "operator"
+) -> UnlearningMaterial:
     """Write a CA, a server TLS certificate for ``hosts``, the server's signing key pair and one operator's key pair."""
     out = Path(folder)
     ca_key, ca_cert = make_ca()
     tls_key, tls_cert = make_server_cert(ca_key, ca_cert, hosts)
     signing, operator_key = make_ed25519_key(), make_ed25519_key()
     material = UnlearningMaterial(
-        ca_cert=write_cert(out / "ca.pem", ca_cert), ca_key=write_private_key(out / "ca.key", ca_key),
-        tls_cert=write_cert(out / "server.pem", tls_cert), tls_key=write_private_key(out / "server.key", tls_key),
+        ca_cert=write_cert(out / "ca.pem", ca_cert),
+        ca_key=write_private_key(out / "ca.key", ca_key),
+        tls_cert=write_cert(out / "server.pem", tls_cert),
+        tls_key=write_private_key(out / "server.key", tls_key),
         signing_key=write_private_key(out / "server-signing.key", signing),
         signing_pub=write_public_key(out / "server-signing.pub", signing),
-        operators=out / "operators", operator_key=write_private_key(out / f"{operator}.key", operator_key),
+        operators=out / "operators",
+        operator_key=write_private_key(out / f"{operator}.key", operator_key),
     )
     write_public_key(material.operators / f"{operator}.pub", operator_key)
     return material

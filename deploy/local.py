@@ -19,7 +19,7 @@ Everything a run writes stays in its folder ``RUN_DIR``:
 ``run-ID.json``        Flower's record of a finished run (status, timestamps, traffic)
 =====================  =======================================================================
 
-Flower 1.41 facts this relies on (../shared/docs/flower-1.41-notes.md, checked here):
+Flower 1.41 facts this relies on (checked here):
 ``--run-config`` keys must be declared in pyproject.toml, hence the single ``overrides`` string
 (server/app.py); each SuperNode on one host needs its own ``--port`` (its ClientApp I/O API);
 an unregistered key makes a SuperNode log "Exit Code: 305 ... Failed to activate SuperNode" and exit
@@ -39,11 +39,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from nebula.common import keys
+from nebula.common.run_folder import RunFolder
 from nebula.deploy.pki import DeploymentMaterial
 from nebula.deploy.processes import ProcInfo, Started, family, read_pid_file, send_signal, spawn, stop, write_pid_file
 
@@ -76,7 +77,7 @@ class NodeSpec:
 
     def node_config(self, output_dir: Path) -> str:
         """``--node-config`` text: what client/node.py reads (strings quoted, as Flower wants)."""
-        values = {keys.NODE_ROLE: self.role, keys.NODE_CLIENT_ID: self.name, "output-dir": str(output_dir)}
+        values = {keys.NODE_ROLE: self.role, keys.NODE_CLIENT_ID: self.name, keys.NODE_OUTPUT_DIR: str(output_dir)}
         if self.worker:
             values[keys.NODE_WORKER_SOCKET] = str(worker_socket_path(output_dir))
         bad = [f"{k}={v!r}" for k, v in values.items() if "'" in v or "=" in v]
@@ -107,8 +108,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalFederation:
     """SuperLink, SuperNodes and runs of one folder; a context manager that stops them all on exit."""
 
-    def __init__(self, run_dir: str | Path, material: DeploymentMaterial, *, app_dir: Path = PROJECT_ROOT,
-                 host: str = "127.0.0.1", bin_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        material: DeploymentMaterial,
+        *,
+        app_dir: Path = PROJECT_ROOT,
+        host: str = "127.0.0.1",
+        bin_dir: Path | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.material, self.app_dir, self.host = material, Path(app_dir), host
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
@@ -128,6 +136,11 @@ class LocalFederation:
     def server_dir(self) -> Path:
         return self.run_dir / "server"
 
+    @property
+    def run_folder(self) -> RunFolder:
+        """The paths in ``server_dir``, the federation's run folder (``federation.output_dir``)."""
+        return RunFolder(self.server_dir)
+
     def node_dir(self, name: str) -> Path:
         return self.run_dir / "nodes" / name
 
@@ -137,8 +150,12 @@ class LocalFederation:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            FLWR_HOME=str(self.run_dir / "flwr"), RAY_TMPDIR=str(self.run_dir / "tmp"), MPLCONFIGDIR=str(self.run_dir / "tmp"),
-            HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+            FLWR_HOME=str(self.run_dir / "flwr"),
+            RAY_TMPDIR=str(self.run_dir / "tmp"),
+            MPLCONFIGDIR=str(self.run_dir / "tmp"),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
             # Flower's processes start flower-superexec, flwr-serverapp and flwr-clientapp by name.
             PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
         )
@@ -158,11 +175,25 @@ class LocalFederation:
         self.port = port or free_port(self.host)
         m = self.material
         argv = [
-            self._bin("flower-superlink"), "--ssl-ca-certfile", str(m.ca_cert), "--ssl-certfile", str(m.tls_cert),
-            "--ssl-keyfile", str(m.tls_key), "--enable-supernode-auth", "--database", str(self.run_dir / "state.db"),
-            "--disable-runtime-dependency-installation", "--host", self.host, "--port", str(self.port),
+            self._bin("flower-superlink"),
+            "--ssl-ca-certfile",
+            str(m.ca_cert),
+            "--ssl-certfile",
+            str(m.tls_cert),
+            "--ssl-keyfile",
+            str(m.tls_key),
+            "--enable-supernode-auth",
+            "--database",
+            str(self.run_dir / "state.db"),
+            "--disable-runtime-dependency-installation",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
         ]
-        self.superlink = self._started(spawn("superlink", argv, env=self.env(), log_path=self.log_path("superlink"), cwd=self.run_dir))
+        self.superlink = self._started(
+            spawn("superlink", argv, env=self.env(), log_path=self.log_path("superlink"), cwd=self.run_dir)
+        )
         context = ssl.create_default_context(cafile=str(m.ca_cert))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -175,7 +206,9 @@ class LocalFederation:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.5)
-        raise DeployError(f"SuperLink not healthy on https://{self.address}/health after {timeout:.0f} s; see {self.superlink.log}")
+        raise DeployError(
+            f"SuperLink not healthy on https://{self.address}/health after {timeout:.0f} s; see {self.superlink.log}"
+        )
 
     def _write_connection(self) -> None:
         text = (
@@ -195,9 +228,11 @@ class LocalFederation:
         done = subprocess.run(cmd, env=self.env(), cwd=self.run_dir, capture_output=True, text=True, timeout=timeout)
         out = done.stdout
         try:
-            answer = json.loads(out[out.index("{"):])
+            answer = json.loads(out[out.index("{") :])
         except ValueError:
-            raise DeployError(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {out[-800:]} {done.stderr[-800:]}") from None
+            raise DeployError(
+                f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {out[-800:]} {done.stderr[-800:]}"
+            ) from None
         if not answer.get("success", False):
             raise DeployError(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
         return answer
@@ -219,14 +254,28 @@ class LocalFederation:
         if spec.worker:
             self.start_worker(spec.name)
         if spec.registered:
-            self.register(spec.name, self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub"))
+            self.register(
+                spec.name, self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub")
+            )
         argv = [
-            self._bin("flower-supernode"), "--superlink", self.address, "--root-certificates", str(self.material.ca_cert),
-            "--auth-supernode-private-key", str(key), "--node-config", spec.node_config(self.node_dir(spec.name)),
+            self._bin("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--root-certificates",
+            str(self.material.ca_cert),
+            "--auth-supernode-private-key",
+            str(key),
+            "--node-config",
+            spec.node_config(self.node_dir(spec.name)),
             # Each SuperNode's own ClientApp I/O API: several on one host must not share a port.
-            "--host", self.host, "--port", str(port or free_port(self.host)),
+            "--host",
+            self.host,
+            "--port",
+            str(port or free_port(self.host)),
         ]
-        return self._started(spawn(spec.name, argv, env=self.env(), log_path=self.log_path(spec.name), cwd=self.run_dir))
+        return self._started(
+            spawn(spec.name, argv, env=self.env(), log_path=self.log_path(spec.name), cwd=self.run_dir)
+        )
 
     def start_worker(self, name: str, *, timeout: float = 120.0) -> Started:
         """Start node ``name``'s long-lived worker (``nebula worker``) and wait until its socket is up."""
@@ -234,8 +283,15 @@ class LocalFederation:
         sock.parent.mkdir(parents=True, exist_ok=True)
         for stale in (sock, Path(f"{sock}.key")):
             stale.unlink(missing_ok=True)
-        proc = self._started(spawn(f"{name}-worker", [self._bin("nebula"), "worker", "--socket", str(sock)], env=self.env(),
-                                   log_path=self.log_path(f"{name}-worker"), cwd=self.run_dir))
+        proc = self._started(
+            spawn(
+                f"{name}-worker",
+                [self._bin("nebula"), "worker", "--socket", str(sock)],
+                env=self.env(),
+                log_path=self.log_path(f"{name}-worker"),
+                cwd=self.run_dir,
+            )
+        )
         deadline = time.monotonic() + timeout
         while not (sock.exists() and Path(f"{sock}.key").exists()):
             self._check_alive(proc, f"worker of {name}")
@@ -256,7 +312,10 @@ class LocalFederation:
             if not missing:
                 return
             time.sleep(2.0)
-        raise DeployError(f"SuperNode(s) {', '.join(missing)} not online after {timeout:.0f} s; see their logs in {self.run_dir / 'logs'}")
+        raise DeployError(
+            f"SuperNode(s) {', '.join(missing)} not online after {timeout:.0f} s; "
+            f"see their logs in {self.run_dir / 'logs'}"
+        )
 
     # -- runs ------------------------------------------------------------------------------
     def submit(self, *, preset: str = "quick", overrides: Mapping[str, object] | None = None) -> int:
@@ -291,12 +350,20 @@ class LocalFederation:
                 return status
             time.sleep(poll)
         self.save_run_log(run_id)
-        raise DeployError(f"run {run_id} not finished after {timeout:.0f} s (status {status['status']}); see {self.run_dir / 'logs'}")
+        raise DeployError(
+            f"run {run_id} not finished after {timeout:.0f} s (status {status['status']}); see {self.run_dir / 'logs'}"
+        )
 
     def save_run_log(self, run_id: int) -> Path:
         path = self.log_path(f"run-{run_id}")
-        done = subprocess.run([self._bin("flwr"), "log", str(run_id), CONNECTION, "--show"], env=self.env(), cwd=self.run_dir,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [self._bin("flwr"), "log", str(run_id), CONNECTION, "--show"],
+            env=self.env(),
+            cwd=self.run_dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         path.write_text(done.stdout + done.stderr)
         return path
 
@@ -316,7 +383,7 @@ class LocalFederation:
         chosen = [p for p in self.processes if names is None or p.name in names]
         return stop(chosen, grace=grace)
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -324,8 +391,15 @@ class LocalFederation:
 
 
 def start_federation(
-    run_dir: str | Path, material: DeploymentMaterial, *, teacher: str, clients: Sequence[str], preset: str = "quick",
-    overrides: Mapping[str, object] | None = None, port: int = 0, workers: bool = False,
+    run_dir: str | Path,
+    material: DeploymentMaterial,
+    *,
+    teacher: str,
+    clients: Sequence[str],
+    preset: str = "quick",
+    overrides: Mapping[str, object] | None = None,
+    port: int = 0,
+    workers: bool = False,
 ) -> tuple[LocalFederation, int]:
     """SuperLink, the registered teacher and client SuperNodes, the run submitted: ``(federation, run id)``.
 
@@ -361,16 +435,20 @@ def round_timing(row: Mapping) -> dict[str, float]:
 
     The clients work in parallel, then the teacher: the compute on the round's critical path
     is the slowest accepted client's ``seconds`` plus the teacher's. ``ratio`` = wall / compute
-    (issue 4's target: <= 1.5); the rest is transport, process start-up and model loading.
+    (the target: <= 1.5); the rest is transport, process start-up and model loading.
     """
     clients = max((float(m.get("seconds", 0.0)) for m in row.get("clients", {}).values()), default=0.0)
     teacher = float(row.get("teacher_seconds") or 0.0)
     compute = clients + teacher
     wall = float(row["seconds"])
     return {
-        "wall": wall, "compute": compute, "ratio": wall / compute if compute > 0 else float("inf"),
-        "clients_wait": float(row.get("clients_wait_seconds", 0.0)), "clients_compute": clients,
-        "teacher_wait": float(row.get("teacher_wait_seconds", 0.0)), "teacher_compute": teacher,
+        "wall": wall,
+        "compute": compute,
+        "ratio": wall / compute if compute > 0 else float("inf"),
+        "clients_wait": float(row.get("clients_wait_seconds", 0.0)),
+        "clients_compute": clients,
+        "teacher_wait": float(row.get("teacher_wait_seconds", 0.0)),
+        "teacher_compute": teacher,
     }
 
 

@@ -17,7 +17,7 @@ Layout of ``OUT_DIR`` (private keys unencrypted, mode 0600; keep the folder, or 
 ``server-signing.key``, ``.pub``  the server's Ed25519 key pair: signs unlearning certificates
 ================================  ==========================================================
 
-Flower 1.41 wants SuperNode keys on a NIST curve in OpenSSH format (flower-1.41-notes.md);
+Flower 1.41 wants SuperNode keys on a NIST curve in OpenSSH format;
 the CA, TLS and Ed25519 material comes from :mod:`nebula.deploy.certs`. Nothing is written when any
 target file exists, unless ``force``: an existing CA or key is never replaced by accident.
 """
@@ -28,14 +28,21 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nebula.deploy.certs import make_ca, make_ed25519_key, make_server_cert, write_cert, write_private_key, write_public_key
+from nebula.deploy.certs import (
+    make_ca,
+    make_ed25519_key,
+    make_server_cert,
+    write_cert,
+    write_private_key,
+    write_public_key,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -63,12 +70,17 @@ class DeploymentMaterial:
     operators_dir: Path | None = None
 
     @classmethod
-    def at(cls, root: str | Path, nodes: Sequence[str] = (), operators: Sequence[str] = ()) -> "DeploymentMaterial":
+    def at(cls, root: str | Path, nodes: Sequence[str] = (), operators: Sequence[str] = ()) -> DeploymentMaterial:
         """The paths of a material folder (whether or not they exist yet)."""
         root = Path(root)
         return cls(
-            root=root, ca_cert=root / "ca.pem", ca_key=root / "ca.key", tls_cert=root / "server.pem", tls_key=root / "server.key",
-            signing_key=root / "server-signing.key", signing_pub=root / "server-signing.pub",
+            root=root,
+            ca_cert=root / "ca.pem",
+            ca_key=root / "ca.key",
+            tls_cert=root / "server.pem",
+            tls_key=root / "server.key",
+            signing_key=root / "server-signing.key",
+            signing_pub=root / "server-signing.pub",
             supernode_keys={n: root / "supernodes" / f"{n}.key" for n in nodes},
             supernode_pubs={n: root / "supernodes" / f"{n}.pub" for n in nodes},
             operator_keys={n: root / "operator-keys" / f"{n}.key" for n in operators},
@@ -78,8 +90,15 @@ class DeploymentMaterial:
     def files(self) -> list[Path]:
         assert self.operators_dir is not None
         return [
-            self.ca_cert, self.ca_key, self.tls_cert, self.tls_key, self.signing_key, self.signing_pub,
-            *self.supernode_keys.values(), *self.supernode_pubs.values(), *self.operator_keys.values(),
+            self.ca_cert,
+            self.ca_key,
+            self.tls_cert,
+            self.tls_key,
+            self.signing_key,
+            self.signing_pub,
+            *self.supernode_keys.values(),
+            *self.supernode_pubs.values(),
+            *self.operator_keys.values(),
             *(self.operators_dir / f"{n}.pub" for n in self.operator_keys),
         ]
 
@@ -91,7 +110,9 @@ def make_supernode_key() -> ec.EllipticCurvePrivateKey:
 
 def write_supernode_key(private_path: Path, public_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """The private key in OpenSSH format (mode 0600) and the public key as one OpenSSH line."""
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     private_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -104,15 +125,21 @@ def write_supernode_key(private_path: Path, public_path: Path, key: ec.EllipticC
 def _check_names(kind: str, names: Sequence[str]) -> None:
     for name in names:
         if not NAME.match(name):
-            raise PkiError(f"{kind} name {name!r}: use letters, digits, '.', '_' or '-' (1-63 characters, starting alphanumeric)")
+            raise PkiError(
+                f"{kind} name {name!r}: use letters, digits, '.', '_' or '-' (1-63 characters, starting alphanumeric)"
+            )
     dupes = sorted({n for n in names if list(names).count(n) > 1})
     if dupes:
         raise PkiError(f"{kind} names repeated: {', '.join(dupes)}")
 
 
 def write_deployment_material(
-    out_dir: str | Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, nodes: Sequence[str] = DEFAULT_NODES,
-    operators: Sequence[str] = ("operator",), force: bool = False,
+    out_dir: str | Path,
+    *,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    nodes: Sequence[str] = DEFAULT_NODES,
+    operators: Sequence[str] = ("operator",),
+    force: bool = False,
 ) -> DeploymentMaterial:
     """Write the CA, the SuperLink's TLS certificate, SuperNode and operator keys into ``out_dir``.
 
@@ -162,12 +189,26 @@ def add_certs_parser(sub: argparse._SubParsersAction) -> None:
     text = "write a CA, the SuperLink's TLS certificate, SuperNode authentication keys and operator keys"
     p = sub.add_parser("certs", help=text, description=text + ". Private keys are unencrypted, mode 0600.")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
-    p.add_argument("--hosts", default=",".join(DEFAULT_HOSTS),
-                   help=f"comma list of the SuperLink's host names / IP addresses (default {','.join(DEFAULT_HOSTS)})")
-    p.add_argument("--nodes", default=",".join(DEFAULT_NODES),
-                   help=f"comma list of SuperNode names, one key pair each (default {','.join(DEFAULT_NODES)})")
-    p.add_argument("--operators", default="operator", help="comma list of operator names, one Ed25519 key pair each (default operator)")
-    p.add_argument("--force", action="store_true", help="overwrite existing files (a new CA invalidates every certificate it issued)")
+    p.add_argument(
+        "--hosts",
+        default=",".join(DEFAULT_HOSTS),
+        help=f"comma list of the SuperLink's host names / IP addresses (default {','.join(DEFAULT_HOSTS)})",
+    )
+    p.add_argument(
+        "--nodes",
+        default=",".join(DEFAULT_NODES),
+        help=f"comma list of SuperNode names, one key pair each (default {','.join(DEFAULT_NODES)})",
+    )
+    p.add_argument(
+        "--operators",
+        default="operator",
+        help="comma list of operator names, one Ed25519 key pair each (default operator)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing files (a new CA invalidates every certificate it issued)",
+    )
     p.set_defaults(func=_certs)
 
 
@@ -178,7 +219,11 @@ def _split(text: str) -> list[str]:
 def _certs(args: argparse.Namespace) -> int:
     try:
         m = write_deployment_material(
-            args.out_dir, hosts=_split(args.hosts), nodes=_split(args.nodes), operators=_split(args.operators), force=args.force
+            args.out_dir,
+            hosts=_split(args.hosts),
+            nodes=_split(args.nodes),
+            operators=_split(args.operators),
+            force=args.force,
         )
     except PkiError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -186,7 +231,10 @@ def _certs(args: argparse.Namespace) -> int:
     print(f"CA                 {m.ca_cert} (key {m.ca_key}: keep offline)")
     print(f"SuperLink TLS      {m.tls_cert}, {m.tls_key} for {args.hosts}")
     for name in m.supernode_keys:
-        print(f"SuperNode {name:8s} {m.supernode_keys[name]} (private, stays on the node), {m.supernode_pubs[name]} (register)")
+        print(
+            f"SuperNode {name:8s} {m.supernode_keys[name]} (private, stays on the node), "
+            f"{m.supernode_pubs[name]} (register)"
+        )
     for name in m.operator_keys:
         print(f"operator {name:9s} {m.operator_keys[name]} (private), {m.operators_dir}/{name}.pub")
     print(f"server signing     {m.signing_key}, {m.signing_pub}")

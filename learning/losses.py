@@ -117,6 +117,20 @@ def distillation_loss(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     _check_pair(student_logits, target_probs)
+    _check_labels(labels, student_logits, alpha=alpha)
+    _check_shift(logit_shift, student_logits)
+    loss = None
+    if alpha > 0.0:
+        loss = alpha * kd_kl_loss(student_logits, target_probs, temperature=temperature)
+    if alpha < 1.0:
+        shifted = student_logits if logit_shift is None else student_logits + logit_shift.to(student_logits.dtype)
+        ce = (1.0 - alpha) * F.cross_entropy(shifted, labels)  # (B, C) + (C,)
+        loss = ce if loss is None else loss + ce
+    return loss
+
+
+def _check_labels(labels: torch.Tensor | None, student_logits: torch.Tensor, *, alpha: float) -> None:
+    """Hard labels, where given, are integer class indices, one per row; without them ``alpha`` is 1."""
     if labels is None:
         if alpha != 1.0:
             raise ValueError(f"labels is None, so alpha must be 1 (pure distillation), got alpha={alpha}")
@@ -128,18 +142,11 @@ def distillation_loss(
     elif labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
 
+
+def _check_shift(logit_shift: torch.Tensor | None, student_logits: torch.Tensor) -> None:
+    """A logit shift, where given, has one entry per class."""
     if logit_shift is not None and logit_shift.shape != student_logits.shape[1:]:
-        raise ValueError(
-            f"logit_shift must have shape ({student_logits.shape[1]},), got {tuple(logit_shift.shape)}"
-        )
-    loss = None
-    if alpha > 0.0:
-        loss = alpha * kd_kl_loss(student_logits, target_probs, temperature=temperature)
-    if alpha < 1.0:
-        shifted = student_logits if logit_shift is None else student_logits + logit_shift.to(student_logits.dtype)
-        ce = (1.0 - alpha) * F.cross_entropy(shifted, labels)  # (B, C) + (C,)
-        loss = ce if loss is None else loss + ce
-    return loss
+        raise ValueError(f"logit_shift must have shape ({student_logits.shape[1]},), got {tuple(logit_shift.shape)}")
 
 
 def _check_temperature(temperature: float) -> None:

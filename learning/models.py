@@ -19,11 +19,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.utils import logging as hf_logging
 
 from nebula.common.config import NebulaConfig
+from nebula.common.run_folder import CHECKPOINT_NAMES, checkpoint_file
 from nebula.learning.assets import resolve_model
 
 log = logging.getLogger(__name__)
 
-# LoRA targets per architecture (offline-assets.md); other architectures fall back to
+# LoRA targets per architecture; other architectures fall back to
 # PEFT's own per-model defaults.
 LORA_TARGETS = {
     "bert": ["query", "value"],
@@ -110,9 +111,6 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             params[name].copy_(tensor)
 
 
-CHECKPOINT_NAMES = ("teacher", "student")  # a checkpoint folder's files: <name>.pt
-
-
 def save_checkpoint(folder: str | Path, teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor]) -> None:
     """Write ``folder/teacher.pt`` and ``folder/student.pt`` (trainable states), each to a hidden
     temporary file first and then renamed, so a crash leaves the old file or the new one, never half."""
@@ -121,7 +119,7 @@ def save_checkpoint(folder: str | Path, teacher: dict[str, torch.Tensor], studen
     for name, state in zip(CHECKPOINT_NAMES, (teacher, student)):
         tmp = folder / f".{name}.pt.tmp"
         torch.save(state, tmp)
-        tmp.replace(folder / f"{name}.pt")
+        tmp.replace(checkpoint_file(folder, name))
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -131,7 +129,7 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     """
     states = []
     for name in CHECKPOINT_NAMES:
-        path = Path(folder) / f"{name}.pt"
+        path = checkpoint_file(folder, name)
         if not path.is_file():
             raise FileNotFoundError(f"no model state {path}")
         try:

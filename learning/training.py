@@ -8,8 +8,8 @@ same effective batch as a server.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "Encoded":
+    def subset(self, index: Sequence[int] | np.ndarray) -> Encoded:
         return Encoded([self.input_ids[i] for i in index])
 
 
@@ -113,13 +113,8 @@ def fit(
     n = len(data)
     if n == 0 or epochs == 0:
         return FitResult(0, float("nan"), 0)
-    for name, arr in (("labels", labels), ("targets", targets)):
-        if arr is not None and len(arr) != n:
-            raise ValueError(f"{name} has {len(arr)} rows for {n} inputs")
-    if targets is None:
-        alpha = 0.0
-    elif labels is None:
-        alpha = 1.0
+    _check_lengths(n, labels=labels, targets=targets)
+    alpha = 0.0 if targets is None else 1.0 if labels is None else alpha
     shift = None if logit_shift is None else torch.as_tensor(np.asarray(logit_shift), dtype=torch.float32)  # (C,)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.AdamW(params, lr=lr)
@@ -130,24 +125,62 @@ def fit(
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
-            batch = order[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            batch_loss = 0.0
-            for m in range(0, len(batch), micro_batch_size):
-                micro = batch[m : m + micro_batch_size]
-                ids, mask = _collate([data.input_ids[i] for i in micro], pad)
-                logits = model(input_ids=ids, attention_mask=mask).logits  # (b, C)
-                y = torch.as_tensor(labels[micro]) if labels is not None else None
-                if targets is None:
-                    loss = F.cross_entropy(logits if shift is None else logits + shift, y)
-                else:
-                    t = torch.as_tensor(targets[micro], dtype=torch.float32)
-                    loss = distillation_loss(logits, t, y, temperature=temperature, alpha=alpha, logit_shift=shift)
-                (loss * (len(micro) / len(batch))).backward()
-                batch_loss += loss.item() * len(micro) / len(batch)
-            opt.step()
+            batch_loss = _optimizer_step(
+                model,
+                opt,
+                data,
+                order[start : start + batch_size],
+                pad=pad,
+                micro_batch_size=micro_batch_size,
+                labels=labels,
+                targets=targets,
+                shift=shift,
+                temperature=temperature,
+                alpha=alpha,
+            )
             steps += 1
             losses.append(batch_loss)
             if on_step is not None:
                 on_step(steps, batch_loss)
     return FitResult(steps, float(np.mean(losses)), n * epochs)
+
+
+def _check_lengths(n: int, *, labels: np.ndarray | None, targets: np.ndarray | None) -> None:
+    """Labels and targets, where given, have one row per input."""
+    for name, arr in (("labels", labels), ("targets", targets)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} rows for {n} inputs")
+
+
+def _optimizer_step(
+    model,
+    opt: torch.optim.Optimizer,
+    data: Encoded,
+    batch: np.ndarray,
+    *,
+    pad: int,
+    micro_batch_size: int,
+    labels: np.ndarray | None,
+    targets: np.ndarray | None,
+    shift: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+) -> float:
+    """One optimizer step on ``batch``: gradients of its micro-batches accumulate, each scaled by
+    its share of the batch. Returns the batch's mean loss."""
+    opt.zero_grad(set_to_none=True)
+    batch_loss = 0.0
+    for m in range(0, len(batch), micro_batch_size):
+        micro = batch[m : m + micro_batch_size]
+        ids, mask = _collate([data.input_ids[i] for i in micro], pad)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (b, C)
+        y = torch.as_tensor(labels[micro]) if labels is not None else None
+        if targets is None:
+            loss = F.cross_entropy(logits if shift is None else logits + shift, y)
+        else:
+            t = torch.as_tensor(targets[micro], dtype=torch.float32)
+            loss = distillation_loss(logits, t, y, temperature=temperature, alpha=alpha, logit_shift=shift)
+        (loss * (len(micro) / len(batch))).backward()
+        batch_loss += loss.item() * len(micro) / len(batch)
+    opt.step()
+    return batch_loss

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import Callable
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -52,7 +52,9 @@ def config_from_run_config(run_config: dict) -> NebulaConfig:
 
 
 def build_server_app(
-    config: NebulaConfig | None = None, *, on_round: Callable[[dict], None] | None = None,
+    config: NebulaConfig | None = None,
+    *,
+    on_round: Callable[[dict], None] | None = None,
     on_done: Callable[[list[dict]], None] | None = None,
 ) -> ServerApp:
     app = ServerApp()

@@ -16,7 +16,9 @@ from flwr.app import Message
 POLL_SECONDS = 0.2
 
 
-def send_and_receive(grid, messages: Sequence[Message], *, timeout: float | None, poll: float = POLL_SECONDS) -> list[Message]:
+def send_and_receive(
+    grid, messages: Sequence[Message], *, timeout: float | None, poll: float = POLL_SECONDS
+) -> list[Message]:
     """Push ``messages`` at once; their replies as they arrive, until all are in or ``timeout`` seconds passed."""
     push, pull = getattr(grid, "push_messages", None), getattr(grid, "pull_messages", None)
     if push is None or pull is None:

@@ -144,7 +144,8 @@ def write_transaction(db: sqlite3.Connection, *, what: str, error: type[Exceptio
         yield db
         db.execute("COMMIT")
     except BaseException as exc:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back already (e.g. a full disk); ROLLBACK would fail then
+            db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
             raise error(f"could not {what}: {exc}") from exc
         raise
@@ -176,34 +177,43 @@ class Ledger:
     ) -> None:
         """Store a round's contributions, rejections and consensus atomically."""
         now = time.time()
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with write_transaction(self._db, what=f"record round {round_index} of run {run_id}", error=LedgerError) as db:
             db.executemany(
                 "INSERT INTO contributions (run_id, round, client_id, node_id, public_ids, payload, weight, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (run_id, round_index, c.client_id, str(c.node_id), c.public_ids.astype("<i8").tobytes(), c.payload, c.weight, now)
+                    (
+                        run_id,
+                        round_index,
+                        c.client_id,
+                        str(c.node_id),
+                        c.public_ids.astype("<i8").tobytes(),
+                        c.payload,
+                        c.weight,
+                        now,
+                    )
                     for c in accepted
                 ],
             )
             db.executemany(
-                "INSERT INTO rejections (run_id, round, client_id, node_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rejections (run_id, round, client_id, node_id, reason, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 [(run_id, round_index, cid, str(nid), reason, now) for cid, nid, reason in rejected],
             )
             if consensus is not None and consensus_ids is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO consensus VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        run_id, round_index, rule, consensus_ids.astype("<i8").tobytes(),
-                        consensus.astype("<f4").tobytes(), consensus.shape[1],
-                        json.dumps(sorted(c.client_id for c in accepted)), now,
+                        run_id,
+                        round_index,
+                        rule,
+                        consensus_ids.astype("<i8").tobytes(),
+                        consensus.astype("<f4").tobytes(),
+                        consensus.shape[1],
+                        json.dumps(sorted(c.client_id for c in accepted)),
+                        now,
                     ),
                 )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise LedgerError(f"could not record round {round_index} of run {run_id}: {exc}") from exc
 
     def contributions(self, run_id: str, round_index: int | None = None) -> list[tuple[int, Contribution]]:
         sql = "SELECT round, client_id, node_id, public_ids, payload, weight FROM contributions WHERE run_id = ?"
@@ -211,7 +221,9 @@ class Ledger:
         if round_index is not None:
             sql, args = sql + " AND round = ?", (run_id, round_index)
         rows = self._db.execute(sql + " ORDER BY round, client_id", args).fetchall()
-        return [(r, Contribution(cid, int(nid), np.frombuffer(ids, "<i8"), bytes(p), w)) for r, cid, nid, ids, p, w in rows]
+        return [
+            (r, Contribution(cid, int(nid), np.frombuffer(ids, "<i8"), bytes(p), w)) for r, cid, nid, ids, p, w in rows
+        ]
 
     def consensus(self, run_id: str, round_index: int) -> tuple[np.ndarray, np.ndarray] | None:
         row = self._db.execute(
@@ -224,9 +236,13 @@ class Ledger:
 
     def record_targets(self, run_id: str, round_index: int, targets: bytes | None, *, teacher_ok: bool) -> None:
         """Mark round ``round_index`` finished: ``targets`` (wire format) go to the clients next round."""
-        with write_transaction(self._db, what=f"record the targets of round {round_index} of run {run_id}", error=LedgerError) as db:
-            db.execute("INSERT OR REPLACE INTO round_targets VALUES (?, ?, ?, ?, ?)",
-                       (run_id, round_index, targets, int(teacher_ok), time.time()))
+        with write_transaction(
+            self._db, what=f"record the targets of round {round_index} of run {run_id}", error=LedgerError
+        ) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO round_targets VALUES (?, ?, ?, ?, ?)",
+                (run_id, round_index, targets, int(teacher_ok), time.time()),
+            )
 
     def mark_live(self, run_id: str, *, for_seconds: float) -> None:
         """``run_id`` is live and carries out unlearning requests itself, for the next ``for_seconds`` (a lease:
@@ -240,12 +256,16 @@ class Ledger:
 
     def live_run(self) -> str | None:
         """The run whose lease has not expired, if any."""
-        row = self._db.execute("SELECT run_id FROM live_runs WHERE expires_at > ? ORDER BY expires_at DESC", (time.time(),)).fetchone()
+        row = self._db.execute(
+            "SELECT run_id FROM live_runs WHERE expires_at > ? ORDER BY expires_at DESC", (time.time(),)
+        ).fetchone()
         return row[0] if row else None
 
     def finished_rounds(self, run_id: str) -> dict[int, tuple[bytes | None, bool]]:
         """``{round: (targets or None, teacher_ok)}`` of every finished round of ``run_id``."""
-        rows = self._db.execute("SELECT round, targets, teacher_ok FROM round_targets WHERE run_id = ? ORDER BY round", (run_id,))
+        rows = self._db.execute(
+            "SELECT round, targets, teacher_ok FROM round_targets WHERE run_id = ? ORDER BY round", (run_id,)
+        )
         return {r: (None if t is None else bytes(t), bool(ok)) for r, t, ok in rows}
 
     def recorded_rounds(self, run_id: str) -> list[int]:
@@ -253,7 +273,8 @@ class Ledger:
         rows = self._db.execute(
             "SELECT round FROM contributions WHERE run_id = ?1 UNION SELECT round FROM rejections WHERE run_id = ?1"
             " UNION SELECT round FROM consensus WHERE run_id = ?1 UNION SELECT round FROM tombstones WHERE run_id = ?1"
-            " ORDER BY round", (run_id,),
+            " ORDER BY round",
+            (run_id,),
         )
         return [r for (r,) in rows]
 
@@ -294,13 +315,16 @@ class Ledger:
 
     def revised_rounds(self, run_id: str) -> list[int]:
         """Rounds of ``run_id`` whose consensus any unlearning request revised (or removed)."""
-        rows = self._db.execute("SELECT DISTINCT round FROM consensus_revisions WHERE run_id = ? ORDER BY round", (run_id,))
+        rows = self._db.execute(
+            "SELECT DISTINCT round FROM consensus_revisions WHERE run_id = ? ORDER BY round", (run_id,)
+        )
         return [r for (r,) in rows]
 
     def tombstoned_rounds(self, run_id: str, client_id: str) -> list[int]:
         """Rounds of ``run_id`` in which a contribution of ``client_id`` was removed (by any request)."""
         rows = self._db.execute(
-            "SELECT DISTINCT round FROM tombstones WHERE run_id = ? AND client_id = ? ORDER BY round", (run_id, client_id)
+            "SELECT DISTINCT round FROM tombstones WHERE run_id = ? AND client_id = ? ORDER BY round",
+            (run_id, client_id),
         )
         return [r for (r,) in rows]
 
@@ -308,7 +332,8 @@ class Ledger:
         """Whether ``client_id`` ever took part: contributed, was rejected, registered or was forgotten."""
         row = self._db.execute(
             "SELECT 1 FROM contributions WHERE client_id = ?1 UNION ALL SELECT 1 FROM rejections WHERE client_id = ?1"
-            " UNION ALL SELECT 1 FROM clients WHERE client_id = ?1 UNION ALL SELECT 1 FROM tombstones WHERE client_id = ?1"
+            " UNION ALL SELECT 1 FROM clients WHERE client_id = ?1"
+            " UNION ALL SELECT 1 FROM tombstones WHERE client_id = ?1"
             " LIMIT 1",
             (client_id,),
         ).fetchone()
@@ -316,7 +341,9 @@ class Ledger:
 
     def consensus_rounds(self, *, contributor: str) -> list[tuple[str, int, str, list[str]]]:
         """``(run_id, round, rule, contributors)`` of every stored consensus ``contributor`` took part in."""
-        rows = self._db.execute("SELECT run_id, round, rule, contributors FROM consensus ORDER BY run_id, round").fetchall()
+        rows = self._db.execute(
+            "SELECT run_id, round, rule, contributors FROM consensus ORDER BY run_id, round"
+        ).fetchall()
         parsed = [(run, rnd, rule, json.loads(who)) for run, rnd, rule, who in rows]
         return [row for row in parsed if contributor in row[3]]
 
@@ -325,14 +352,20 @@ class Ledger:
         transaction; each removed contribution leaves a tombstone with ``request_id``. Returns the number
         removed now (0 when nothing was left, e.g. on a resumed request)."""
         now = time.time()
-        with write_transaction(self._db, what=f"purge client {client_id} (request {request_id})", error=LedgerError) as db:
+        with write_transaction(
+            self._db, what=f"purge client {client_id} (request {request_id})", error=LedgerError
+        ) as db:
             rows = db.execute(
-                "SELECT run_id, round, node_id, payload, weight, created_at FROM contributions WHERE client_id = ?", (client_id,)
+                "SELECT run_id, round, node_id, payload, weight, created_at FROM contributions WHERE client_id = ?",
+                (client_id,),
             ).fetchall()
             db.executemany(
-                "INSERT INTO tombstones (request_id, run_id, round, client_id, node_id, payload_sha256, payload_bytes, weight,"
-                " contributed_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(request_id, run, rnd, client_id, nid, hashlib.sha256(p).hexdigest(), len(p), w, at, now) for run, rnd, nid, p, w, at in rows],
+                "INSERT INTO tombstones (request_id, run_id, round, client_id, node_id, payload_sha256, payload_bytes,"
+                " weight, contributed_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (request_id, run, rnd, client_id, nid, hashlib.sha256(p).hexdigest(), len(p), w, at, now)
+                    for run, rnd, nid, p, w, at in rows
+                ],
             )
             db.execute("DELETE FROM contributions WHERE client_id = ?", (client_id,))
             db.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
@@ -354,38 +387,57 @@ class Ledger:
         transaction. Returns False, changing nothing, when ``revision.request_id`` already revised that round."""
         r = revision
         where = (r.run_id, r.round)
-        with write_transaction(self._db, what=f"revise the consensus of run {r.run_id} round {r.round}", error=LedgerError) as db:
+        with write_transaction(
+            self._db, what=f"revise the consensus of run {r.run_id} round {r.round}", error=LedgerError
+        ) as db:
             done = db.execute(
-                "SELECT 1 FROM consensus_revisions WHERE request_id = ? AND run_id = ? AND round = ?", (r.request_id, *where)
+                "SELECT 1 FROM consensus_revisions WHERE request_id = ? AND run_id = ? AND round = ?",
+                (r.request_id, *where),
             ).fetchone()
             if done:
                 return False
             db.execute(
                 "INSERT INTO consensus_revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.request_id, *where, r.before_sha256, r.after_sha256, json.dumps(r.contributors_before),
-                 json.dumps(r.contributors_after), r.support, time.time()),
+                (
+                    r.request_id,
+                    *where,
+                    r.before_sha256,
+                    r.after_sha256,
+                    json.dumps(r.contributors_before),
+                    json.dumps(r.contributors_after),
+                    r.support,
+                    time.time(),
+                ),
             )
             if consensus is None or consensus_ids is None:
                 db.execute("DELETE FROM consensus WHERE run_id = ? AND round = ?", where)
             else:
                 db.execute(
-                    "UPDATE consensus SET public_ids = ?, probs = ?, num_classes = ?, contributors = ? WHERE run_id = ? AND round = ?",
-                    (consensus_ids.astype("<i8").tobytes(), consensus.astype("<f4").tobytes(), consensus.shape[1],
-                     json.dumps(sorted(r.contributors_after)), *where),
+                    "UPDATE consensus SET public_ids = ?, probs = ?, num_classes = ?, contributors = ?"
+                    " WHERE run_id = ? AND round = ?",
+                    (
+                        consensus_ids.astype("<i8").tobytes(),
+                        consensus.astype("<f4").tobytes(),
+                        consensus.shape[1],
+                        json.dumps(sorted(r.contributors_after)),
+                        *where,
+                    ),
                 )
         return True
 
     def consensus_revisions(self, request_id: str) -> list[ConsensusRevision]:
         rows = self._db.execute(
-            "SELECT request_id, run_id, round, before_sha256, after_sha256, contributors_before, contributors_after, support"
-            " FROM consensus_revisions WHERE request_id = ? ORDER BY run_id, round",
+            "SELECT request_id, run_id, round, before_sha256, after_sha256, contributors_before, contributors_after,"
+            " support FROM consensus_revisions WHERE request_id = ? ORDER BY run_id, round",
             (request_id,),
         ).fetchall()
         return [ConsensusRevision(*row[:5], json.loads(row[5]), json.loads(row[6]), row[7]) for row in rows]
 
     def is_forgotten(self, client_id: str) -> bool:
         """Whether an unlearning request removed ``client_id``: the federation must not select it again."""
-        return self._db.execute("SELECT 1 FROM forgotten_clients WHERE client_id = ?", (client_id,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM forgotten_clients WHERE client_id = ?", (client_id,)).fetchone() is not None
+        )
 
     def forgotten_clients(self) -> set[str]:
         return {cid for (cid,) in self._db.execute("SELECT client_id FROM forgotten_clients")}

@@ -1,24 +1,30 @@
-"""Validation of replies from edge clients and the teacher.
+"""Validation of replies from edge clients and the teacher: the server's one boundary for what nodes send.
 
-Every reply is checked before anything is stored: it must come from a node of the
-cohort, carry no error, hold a well-formed logits payload with exactly the requested
-public ids and the federation's number of classes, and finite values.
+Every reply is read with its typed message (:mod:`nebula.common.messages`), which checks every
+field, then its logits payload is decoded against the requested public ids and the federation's
+number of classes (finite values). Whatever fails raises :class:`ReplyRejected` naming the node,
+the round and the field; nothing is stored before this passes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Message
 
-from nebula.common import keys
+from nebula.common.messages import DescribeReply, MessageError
 from nebula.common.wire import DecodedLogits, WireFormatError, decode_logits
 from nebula.server.exceptions import ReplyRejected
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class NodeInfo:
+    """A node as discovery found it: its Flower node id and its describe reply."""
+
     node_id: int
     role: str
     client_id: str
@@ -28,53 +34,34 @@ class NodeInfo:
     label_counts: tuple[int, ...]
 
 
-def parse_describe(reply: Message, *, num_classes: int | None = None) -> NodeInfo:
-    """Read a node's answer to ``query.describe``; raises ReplyRejected naming the field."""
-    node_id = reply.metadata.src_node_id
-    who = f"node {node_id}"
+def read_reply(reply: Message | None, kind: type[R], *, who: str, round_index: int) -> R:
+    """The typed reply of kind ``kind``; ReplyRejected for no reply, an error reply or a malformed field."""
+    if reply is None:
+        raise ReplyRejected(client=who, round_index=round_index, reason="no reply before the timeout")
     if reply.has_error():
-        raise ReplyRejected(client=who, round_index=0, reason=f"error {reply.error.code}: {reply.error.reason}")
-    rec = reply.content.config_records.get(keys.REPLY)
-    if rec is None:
-        raise ReplyRejected(client=who, round_index=0, reason=f"no {keys.REPLY!r} record")
-    try:
-        info = NodeInfo(
-            node_id=node_id,
-            role=str(rec[keys.ROLE]),
-            client_id=str(rec[keys.CLIENT_ID]),
-            index=int(rec[keys.CLIENT_INDEX]),
-            model=str(rec[keys.MODEL]),
-            num_examples=int(rec[keys.NUM_EXAMPLES]),
-            label_counts=tuple(int(c) for c in rec[keys.LABEL_COUNTS]),
+        raise ReplyRejected(
+            client=who, round_index=round_index, reason=f"error reply {reply.error.code}: {reply.error.reason}"
         )
-    except KeyError as exc:
-        raise ReplyRejected(client=who, round_index=0, reason=f"missing field {exc}") from None
-    if info.role == keys.ROLE_CLIENT and num_classes is not None and len(info.label_counts) != num_classes:
-        raise ReplyRejected(client=info.client_id, round_index=0, reason=f"label-counts has {len(info.label_counts)} classes, expected {num_classes}")
-    if info.num_examples < 0 or min(info.label_counts, default=0) < 0:
-        raise ReplyRejected(client=info.client_id, round_index=0, reason="negative counts")
-    return info
-
-
-def read_logits(
-    reply: Message, *, who: str, round_index: int, blob_key: str, expected_ids: np.ndarray, num_classes: int
-) -> tuple[DecodedLogits, bytes]:
-    """The validated logits payload of a reply (and its raw bytes, for the ledger)."""
-    if reply.has_error():
-        raise ReplyRejected(client=who, round_index=round_index, reason=f"error reply {reply.error.code}: {reply.error.reason}")
-    rec = reply.content.config_records.get(keys.REPLY)
-    if rec is None or blob_key not in rec:
-        raise ReplyRejected(client=who, round_index=round_index, reason=f"no {blob_key!r} payload")
-    blob = rec[blob_key]
-    if not isinstance(blob, bytes):
-        raise ReplyRejected(client=who, round_index=round_index, reason=f"{blob_key!r} is {type(blob).__name__}, not bytes")
     try:
-        decoded = decode_logits(blob, expected_ids=expected_ids, num_classes=num_classes)
+        return kind.from_record(reply.content)
+    except MessageError as exc:
+        raise ReplyRejected(client=who, round_index=round_index, reason=str(exc)) from None
+
+
+def parse_describe(reply: Message) -> NodeInfo:
+    """A node's answer to ``query.describe``; ReplyRejected naming the field."""
+    node_id = reply.metadata.src_node_id
+    info = read_reply(reply, DescribeReply, who=f"node {node_id}", round_index=0)
+    return NodeInfo(
+        node_id, info.role, info.client_id, info.client_index, info.model, info.num_examples, info.label_counts
+    )
+
+
+def check_logits(
+    blob: bytes, *, who: str, round_index: int, what: str, expected_ids: np.ndarray, num_classes: int
+) -> DecodedLogits:
+    """The decoded payload ``what`` of a reply, holding exactly ``expected_ids`` and ``num_classes`` columns."""
+    try:
+        return decode_logits(blob, expected_ids=expected_ids, num_classes=num_classes)
     except WireFormatError as exc:
-        raise ReplyRejected(client=who, round_index=round_index, reason=f"{blob_key}: {exc}") from None
-    return decoded, blob
-
-
-def reply_metrics(reply: Message) -> dict[str, float]:
-    rec = reply.content.metric_records.get(keys.METRICS) if not reply.has_error() else None
-    return {k: float(v) for k, v in rec.items()} if rec is not None else {}
+        raise ReplyRejected(client=who, round_index=round_index, reason=f"{what}: {exc}") from None

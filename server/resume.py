@@ -46,7 +46,9 @@ class ResumePoint:
     restore_round: int  # the teacher's checkpoint to restore (0: its initial state)
     gathered_ids: np.ndarray | None  # (M,) the consensus the teacher had gathered by ``restore_round``
     gathered_probs: np.ndarray | None  # (M, C)
-    unfinished: int | None  # a recorded round whose teaching did not finish: finished first (taught again if aggregated)
+    unfinished: (
+        int | None
+    )  # a recorded round whose teaching did not finish: finished first (taught again if aggregated)
 
 
 def gathered_consensus(ledger: Ledger, run_id: str, *, up_to: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -62,7 +64,9 @@ def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
         raise ResumeError(f"federation.resume is set but the ledger {ledger.path} holds no run to resume")
     run_id = runs[-1]
     stored = ledger.run_config(run_id)
-    differ = sorted(k for k in set(stored) | set(flat_config) if k not in MAY_DIFFER and stored.get(k) != flat_config.get(k))
+    differ = sorted(
+        k for k in set(stored) | set(flat_config) if k not in MAY_DIFFER and stored.get(k) != flat_config.get(k)
+    )
     if differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} -> {flat_config.get(k)!r}" for k in differ[:5])
         raise ResumeError(f"run {run_id} was started with another configuration ({shown}); resume it with its own")
@@ -78,6 +82,11 @@ def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
     ids, probs = gathered_consensus(ledger, run_id, up_to=restore)
     unfinished = later[0] if later else None
     return ResumePoint(
-        run_id=run_id, next_round=(unfinished or last) + 1, targets=finished[last][0] if last else None,
-        restore_round=restore, gathered_ids=ids, gathered_probs=probs, unfinished=unfinished,
+        run_id=run_id,
+        next_round=(unfinished or last) + 1,
+        targets=finished[last][0] if last else None,
+        restore_round=restore,
+        gathered_ids=ids,
+        gathered_probs=probs,
+        unfinished=unfinished,
     )

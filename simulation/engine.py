@@ -14,8 +14,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from nebula.common.config import NebulaConfig
 
@@ -29,7 +29,12 @@ def _private_runtime_dirs() -> Iterator[None]:
     tmp = tempfile.mkdtemp(prefix="nbl-")
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "FLWR_HOME", "RAY_DEDUP_LOGS", "TOKENIZERS_PARALLELISM")}
     os.environ.update(
-        {"RAY_TMPDIR": tmp, "FLWR_HOME": os.path.join(tmp, "flwr"), "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+        {
+            "RAY_TMPDIR": tmp,
+            "FLWR_HOME": os.path.join(tmp, "flwr"),
+            "RAY_DEDUP_LOGS": "0",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
     )
     try:
         yield
@@ -69,14 +74,17 @@ def simulate(
     nodes = config.data.num_clients + 1
     workers = max(1, min(workers or cores, nodes, cores))
     if config.train.threads == 0:
-        config = dataclasses.replace(
-            config, train=dataclasses.replace(config.train, threads=max(1, cores // workers))
-        )
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=max(1, cores // workers)))
     history: list[dict] = []
     server_app = build_server_app(config, on_round=on_round, on_done=history.extend)
     backend_config = {
         "client_resources": {"num_cpus": max(1, cores // workers), "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": verbose},
+        "init_args": {
+            "num_cpus": cores,
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": verbose,
+        },
     }
     started = time.perf_counter()
     with _private_runtime_dirs():
@@ -84,9 +92,11 @@ def simulate(
             server_app=server_app, client_app=client_app, num_supernodes=nodes, backend_config=backend_config
         )
     last = history[-1]["round"] if history else None
-    if (len(history) != config.federation.rounds) if not config.federation.resume else (history and last != config.federation.rounds):
-        raise RuntimeError(
-            f"the simulation ended after round {last} of {config.federation.rounds}; see the log above"
-        )
+    if (
+        (len(history) != config.federation.rounds)
+        if not config.federation.resume
+        else (history and last != config.federation.rounds)
+    ):
+        raise RuntimeError(f"the simulation ended after round {last} of {config.federation.rounds}; see the log above")
     log.info("simulation finished in %.1f s", time.perf_counter() - started)
     return history

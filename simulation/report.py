@@ -9,7 +9,17 @@ import numpy as np
 
 from nebula.simulation.baselines import BaselineResult
 
-COLUMNS = ("method", "mean client acc", "min client", "client own-split acc", "teacher", "global student", "up B/client/round", "down B/client/round", "seconds")
+COLUMNS = (
+    "method",
+    "mean client acc",
+    "min client",
+    "client own-split acc",
+    "teacher",
+    "global student",
+    "up B/client/round",
+    "down B/client/round",
+    "seconds",
+)
 ACCURACY_COLUMNS = frozenset(COLUMNS[1:6])
 
 
@@ -66,7 +76,11 @@ def save_plot(history: list[dict], baselines: list[BaselineResult], path: Path) 
 
     rounds = [h["round"] for h in history]
     fig, (ax_acc, ax_bytes) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("mean_client_acc", "mean client"), ("teacher_acc", "teacher"), ("student_acc", "global student")):
+    for key, label in (
+        ("mean_client_acc", "mean client"),
+        ("teacher_acc", "teacher"),
+        ("student_acc", "global student"),
+    ):
         points = [(h["round"], h[key]) for h in history if h.get(key) is not None]
         if points:
             ax_acc.plot(*zip(*points), marker="o", label=f"FD {label}")

@@ -2,7 +2,7 @@
 
 What a teacher node running ``base`` would have learnt from the same federation, without running
 the federation again: the consensus targets of every round the ledger holds (a re-sent public
-input keeps its latest target, as :func:`nebula.learning.distill_step.merge_consensus` gathers them), ``epochs``
+input keeps its latest target, as :func:`nebula.common.probabilities.merge_consensus` gathers them), ``epochs``
 passes of the teacher's own fit (KL at the run's temperature, the run's teacher learning rate and
 batch), then accuracy on the run's global test set and the adapter saved where
 ``PeftModel.from_pretrained`` loads it. Used to compare an export with a bigger teacher (the
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nebula.common.run_folder import RunFolder
 from nebula.server.exceptions import LedgerError
 from nebula.server.ledger import Ledger
 
@@ -53,22 +54,25 @@ def gathered_consensus(ledger: Ledger, run_id: str) -> tuple[np.ndarray, np.ndar
 
 
 def teach_from_run(
-    run_folder: str | Path, *, base: str, out: str | Path, epochs: int = 2,
+    run_folder: str | Path,
+    *,
+    base: str,
+    out: str | Path,
+    epochs: int = 2,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> TeachReport:
     """Train a fresh ``base`` + LoRA teacher on the consensus of the last run in ``run_folder/ledger.sqlite``.
 
     ``on_step(step, total_steps, loss)`` is called after each optimizer step (progress).
     """
-    from nebula.learning.models import learner_for
     from nebula.common.federation_data import build_federation_data
-    from nebula.learning.models import load_trainable_state, save_adapter
+    from nebula.learning.models import learner_for, load_trainable_state, save_adapter
     from nebula.learning.training import accuracy, encode, fit, predict_logits
     from nebula.server.unlearning.models import run_of
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    path = Path(run_folder) / "ledger.sqlite"
+    path = RunFolder(Path(run_folder)).ledger
     if not path.is_file():
         raise LedgerError(f"{run_folder}: no ledger.sqlite (the folder of a finished run is needed)")
     ledger = Ledger(path)
@@ -84,18 +88,31 @@ def teach_from_run(
     cfg, max_len = config.train, config.data.max_length
     total = epochs * -(-len(ids) // cfg.batch_size)
     result = fit(
-        teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len), targets=probs,
-        epochs=epochs, temperature=cfg.temperature, lr=cfg.teacher_lr, batch_size=cfg.batch_size,
-        micro_batch_size=cfg.micro_batch_size, seed=config.data.seed,
+        teacher.model,
+        encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len),
+        targets=probs,
+        epochs=epochs,
+        temperature=cfg.temperature,
+        lr=cfg.teacher_lr,
+        batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        seed=config.data.seed,
         on_step=None if on_step is None else (lambda step, loss: on_step(step, total, loss)),
     )
     test_logits = predict_logits(teacher.model, encode(teacher.tokenizer, data.texts(data.test), max_length=max_len))
     adapter = save_adapter(teacher, out)
     true = data.labels(data.public[ids])
     report = TeachReport(
-        run_id=run.run_id, base=base, targets=int(len(ids)), target_agreement=float(np.mean(probs.argmax(1) == true)),
-        epochs=epochs, steps=result.steps, test_accuracy=accuracy(test_logits, data.labels(data.test)),
-        test_size=int(len(data.test)), seconds=time.perf_counter() - t0, adapter=str(adapter),
+        run_id=run.run_id,
+        base=base,
+        targets=int(len(ids)),
+        target_agreement=float(np.mean(probs.argmax(1) == true)),
+        epochs=epochs,
+        steps=result.steps,
+        test_accuracy=accuracy(test_logits, data.labels(data.test)),
+        test_size=int(len(data.test)),
+        seconds=time.perf_counter() - t0,
+        adapter=str(adapter),
     )
     (Path(out) / "teach-report.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     return report

@@ -1,5 +1,5 @@
 """``nebula unlearn benchmark``: forget one client of a simulated federation with every mode, and
-compare the teacher and global student with a federation retrained without it (issue 3, "Verification").
+compare the teacher and global student with a federation retrained without it (the verification table).
 
 1. **original**: the federation runs (preset ``benchmark`` by default: 10 clients) into ``OUT/original``;
 2. the client to forget is chosen (default: the one with the most private training examples);
@@ -30,19 +30,25 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from nebula.common.config import NebulaConfig
+from nebula.common.run_folder import RunFolder
 from nebula.server.unlearning.fast_correction import CorrectionBudget
 
 log = logging.getLogger(__name__)
 
 ORIGINAL, RETRAINED, RETRAINED_AGAIN = "original", "retrained", "retrained-again"
-ORDER = ("purge", "reaggregate", "exact-replay", "fast-correction")  # table order: ledger-only first, then the model modes
+ORDER = (
+    "purge",
+    "reaggregate",
+    "exact-replay",
+    "fast-correction",
+)  # table order: ledger-only first, then the model modes
 
 
 @dataclass(frozen=True)
@@ -78,17 +84,24 @@ def client_with_most_data(config: NebulaConfig) -> str:
 def copy_run(src: Path, dst: Path) -> None:
     """The ledger (through SQLite's backup: consistent even with a WAL) and the checkpoints of a run folder."""
     dst.mkdir(parents=True, exist_ok=True)
-    source, target = sqlite3.connect(src / "ledger.sqlite"), sqlite3.connect(dst / "ledger.sqlite")
+    src_run, dst_run = RunFolder(src), RunFolder(dst)
+    source, target = sqlite3.connect(src_run.ledger), sqlite3.connect(dst_run.ledger)
     try:
         source.backup(target)
     finally:
         source.close()
         target.close()
-    shutil.copytree(src / "checkpoints", dst / "checkpoints")
+    shutil.copytree(src_run.checkpoints, dst_run.checkpoints)
 
 
-def _federate(config: NebulaConfig, out: Path, *, workers: int | None, forget: str = "",
-              on_round: Callable[[dict], None] | None = None) -> float:
+def _federate(
+    config: NebulaConfig,
+    out: Path,
+    *,
+    workers: int | None,
+    forget: str = "",
+    on_round: Callable[[dict], None] | None = None,
+) -> float:
     import dataclasses
 
     from nebula.server.ledger import Ledger
@@ -98,7 +111,7 @@ def _federate(config: NebulaConfig, out: Path, *, workers: int | None, forget: s
         shutil.rmtree(out)
     out.mkdir(parents=True)
     if forget:  # the retrained federation: the client is forgotten before round 1
-        ledger = Ledger(out / "ledger.sqlite")
+        ledger = Ledger(RunFolder(out).ledger)
         ledger.purge_client(forget, request_id="benchmark-retrain-without-client")
         ledger.close()
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, output_dir=str(out)))
@@ -116,13 +129,24 @@ def _forget(folder: Path, client: str, mode: str, bench: UnlearningBenchmark) ->
     from nebula.server.unlearning.fast_correction import FastCorrectionMode
     from nebula.server.unlearning.requests import RequestStore
 
-    ledger_path = folder / "ledger.sqlite"
+    run_folder = RunFolder(folder)
+    ledger_path = run_folder.ledger
     store = RequestStore(ledger_path)
     budget = CorrectionBudget(bench.correction_teacher_steps, bench.correction_student_steps)
-    executor = Executor(ledger=Ledger(ledger_path), store=store, signing_key=Ed25519PrivateKey.generate(),
-                        certificates_dir=folder / "certificates", modes={FastCorrectionMode.name: FastCorrectionMode(budget)})
-    request, _ = store.submit(client_id=client, reason="nebula unlearn benchmark", mode=mode,
-                              idempotency_key=f"benchmark-{mode}", operator_key="benchmark")
+    executor = Executor(
+        ledger=Ledger(ledger_path),
+        store=store,
+        signing_key=Ed25519PrivateKey.generate(),
+        certificates_dir=run_folder.certificates,
+        modes={FastCorrectionMode.name: FastCorrectionMode(budget)},
+    )
+    request, _ = store.submit(
+        client_id=client,
+        reason="nebula unlearn benchmark",
+        mode=mode,
+        idempotency_key=f"benchmark-{mode}",
+        operator_key="benchmark",
+    )
     t0 = time.perf_counter()
     (done,) = executor.run_pending()
     seconds = time.perf_counter() - t0
@@ -130,7 +154,7 @@ def _forget(folder: Path, client: str, mode: str, bench: UnlearningBenchmark) ->
         raise RuntimeError(f"{mode}: request {done.request_id} {done.status}: {done.error}")
     executor.ledger.close()
     store.close()
-    return seconds, folder / "certificates" / f"{request.request_id}.json"
+    return seconds, run_folder.certificate(request.request_id)
 
 
 class _Evaluator:
@@ -142,8 +166,12 @@ class _Evaluator:
         self.config, self.data = config, build_federation_data(config.data)
         k = int(client.rsplit("-", 1)[1])
         others = np.sort(np.concatenate([c.train for i, c in enumerate(self.data.clients) if i != k]))
-        self.index = {"forgotten": self.data.clients[k].train, "forgotten_holdout": self.data.clients[k].holdout,
-                      "others": others, "test": self.data.test}
+        self.index = {
+            "forgotten": self.data.clients[k].train,
+            "forgotten_holdout": self.data.clients[k].holdout,
+            "others": others,
+            "test": self.data.test,
+        }
         self.labels = {name: self.data.labels(idx) for name, idx in self.index.items()}
         self._cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
@@ -154,7 +182,7 @@ class _Evaluator:
         from nebula.server.unlearning import models as store
         from nebula.server.unlearning.arithmetic import state_sha256
 
-        ledger = Ledger(folder / "ledger.sqlite")
+        ledger = Ledger(RunFolder(folder).ledger)
         try:
             run = store.run_of(ledger, folder)
         finally:
@@ -167,20 +195,26 @@ class _Evaluator:
             if key not in self._cache:
                 load_trainable_state(learner.model, state)
                 self._cache[key] = {
-                    s: predict_logits(learner.model, encode(learner.tokenizer, self.data.texts(idx), max_length=self.config.data.max_length))
+                    s: predict_logits(
+                        learner.model,
+                        encode(learner.tokenizer, self.data.texts(idx), max_length=self.config.data.max_length),
+                    )
                     for s, idx in self.index.items()
                 }
             out[name] = self._cache[key]
         return out
 
 
-def run_benchmark(bench: UnlearningBenchmark, *, on_round: Callable[[dict], None] | None = None,
-                  say: Callable[[str], None] = print) -> BenchmarkResult:
+def run_benchmark(
+    bench: UnlearningBenchmark, *, on_round: Callable[[dict], None] | None = None, say: Callable[[str], None] = print
+) -> BenchmarkResult:
     """Steps 1-5 of the module docstring; returns the rows and the Markdown table (also written to OUT)."""
     from nebula.server.unlearning import available_modes
     from nebula.server.unlearning.verification import markdown_table, verification_rows
 
-    modes = bench.modes or tuple(sorted(available_modes(), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m)))
+    modes = bench.modes or tuple(
+        sorted(available_modes(), key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+    )
     client = bench.client or client_with_most_data(bench.config)
     seconds: dict[str, float] = {}
     say(f"[1/4] original federation -> {bench.out / ORIGINAL}")
@@ -195,13 +229,20 @@ def run_benchmark(bench: UnlearningBenchmark, *, on_round: Callable[[dict], None
         seconds[mode], certificates[mode] = _forget(folder, client, mode, bench)
         say(f"[2/4] {mode}: {seconds[mode]:.1f} s, certificate {certificates[mode]}")
     say(f"[3/4] retraining without {client} -> {bench.out / RETRAINED}")
-    seconds[RETRAINED] = _federate(bench.config, bench.out / RETRAINED, workers=bench.workers, forget=client, on_round=on_round)
+    seconds[RETRAINED] = _federate(
+        bench.config, bench.out / RETRAINED, workers=bench.workers, forget=client, on_round=on_round
+    )
     say(f"      {seconds[RETRAINED]:.0f} s")
-    folders = {ORIGINAL: bench.out / ORIGINAL, **{m: bench.out / "modes" / m for m in modes}, RETRAINED: bench.out / RETRAINED}
+    folders = {
+        ORIGINAL: bench.out / ORIGINAL,
+        **{m: bench.out / "modes" / m for m in modes},
+        RETRAINED: bench.out / RETRAINED,
+    }
     if bench.repeat_retraining:
         say(f"[3/4] retraining again, same configuration -> {bench.out / RETRAINED_AGAIN}")
-        seconds[RETRAINED_AGAIN] = _federate(bench.config, bench.out / RETRAINED_AGAIN, workers=bench.workers, forget=client,
-                                             on_round=on_round)
+        seconds[RETRAINED_AGAIN] = _federate(
+            bench.config, bench.out / RETRAINED_AGAIN, workers=bench.workers, forget=client, on_round=on_round
+        )
         say(f"      {seconds[RETRAINED_AGAIN]:.0f} s")
         folders[RETRAINED_AGAIN] = bench.out / RETRAINED_AGAIN
     say("[4/4] evaluating teacher and global student of each")
@@ -210,14 +251,28 @@ def run_benchmark(bench: UnlearningBenchmark, *, on_round: Callable[[dict], None
     rows = verification_rows(logits, evaluator.labels, seconds={k: v for k, v in seconds.items() if k != ORIGINAL})
     table = markdown_table(rows)
     sizes = {name: len(idx) for name, idx in evaluator.index.items()}
-    header = (f"Forgetting {client} ({sizes['forgotten']} training examples, {sizes['forgotten_holdout']} held out as "
-              f"non-members; {sizes['others']} of the other clients; {sizes['test']} test). Gaps against the retrained "
-              f"model; seconds: the mode's request, and the retraining federation ({seconds[RETRAINED]:.0f} s; the "
-              f"original took {seconds[ORIGINAL]:.0f} s).")
+    header = (
+        f"Forgetting {client} ({sizes['forgotten']} training examples, {sizes['forgotten_holdout']} held out as "
+        f"non-members; {sizes['others']} of the other clients; {sizes['test']} test). Gaps against the retrained "
+        f"model; seconds: the mode's request, and the retraining federation ({seconds[RETRAINED]:.0f} s; the "
+        f"original took {seconds[ORIGINAL]:.0f} s)."
+    )
     bench.out.mkdir(parents=True, exist_ok=True)
     (bench.out / "unlearning.md").write_text(header + "\n\n" + table + "\n", encoding="utf-8")
-    (bench.out / "unlearning.json").write_text(json.dumps({
-        "client": client, "sizes": sizes, "seconds": seconds, "rows": rows,
-        "certificates": {m: str(p) for m, p in certificates.items()}, "config": bench.config.to_flat(),
-    }, indent=2, default=float) + "\n", encoding="utf-8")
+    (bench.out / "unlearning.json").write_text(
+        json.dumps(
+            {
+                "client": client,
+                "sizes": sizes,
+                "seconds": seconds,
+                "rows": rows,
+                "certificates": {m: str(p) for m, p in certificates.items()},
+                "config": bench.config.to_flat(),
+            },
+            indent=2,
+            default=float,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return BenchmarkResult(client, rows, header + "\n\n" + table, seconds, {m: str(p) for m, p in certificates.items()})

@@ -102,5 +102,11 @@ def pruned_corpus(tmp_path_factory, tweets):
 @pytest.fixture(scope="session")
 def pruned_package(tmp_path_factory, adapter_dir, pruned_corpus):
     """fp32 with the vocabulary pruned to the corpus' tokens: small, so also the one the corruption tests copy."""
-    return _export(tmp_path_factory, adapter_dir, "pruned", target="fp32", prune_vocab_from=str(pruned_corpus),
-                   labels=("neg", "neu", "pos"))
+    return _export(
+        tmp_path_factory,
+        adapter_dir,
+        "pruned",
+        target="fp32",
+        prune_vocab_from=str(pruned_corpus),
+        labels=("neg", "neu", "pos"),
+    )

@@ -31,17 +31,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import Message
 
-from nebula.client.messages import describe_reply, ok_reply
+from nebula.client.messages import answer, describe_reply
 from nebula.client.node import NodeIdentity
-from nebula.common import keys
-from nebula.common.packages import BUILTIN_MODELS
-from nebula.common.config import NebulaConfig
-from nebula.common.federation_data import FederationData, build_federation_data
-from nebula.common.wire import encode_logits
 from nebula.client.runtime.package import MANIFEST_FILE
 from nebula.client.runtime.predictor import EdgePredictor
+from nebula.common.config import NebulaConfig
+from nebula.common.federation_data import FederationData, build_federation_data
+from nebula.common.messages import DescribeRequest, FinishReply, FinishRequest, RoundReply, RoundRequest
+from nebula.common.packages import BUILTIN_MODELS
+from nebula.common.wire import encode_logits
 
 # One predictor per export folder and thread count in this process (Flower reuses a
 # simulation's actors across messages); a re-exported folder (new manifest) is reloaded.
@@ -102,7 +102,9 @@ class InferenceClient:
         """Wire-format logits on the public inputs ``query_ids`` (N,), and the round's metrics."""
         t0 = time.perf_counter()
         if len(query_ids) and (query_ids.min() < 0 or query_ids.max() >= len(self.data.public)):
-            raise ValueError(f"public ids outside 0..{len(self.data.public) - 1}: min {query_ids.min()}, max {query_ids.max()}")
+            raise ValueError(
+                f"public ids outside 0..{len(self.data.public) - 1}: min {query_ids.min()}, max {query_ids.max()}"
+            )
         logits = self.predictor.predict_logits(self.data.public_texts(query_ids))  # (N, C)
         blob = encode_logits(query_ids, logits, dtype=self.config.federation.wire_dtype)
         metrics = self.evaluate() if evaluate else {}
@@ -116,20 +118,19 @@ class InferenceClient:
         return {"acc_global": float(np.mean(logits.argmax(axis=1) == self.data.labels(test)))}
 
 
-# -- message handlers: (msg, config, node, round record) -> reply -------------------------
-def describe(msg: Message, config: NebulaConfig, node: NodeIdentity, rec: ConfigRecord) -> Message:
-    return describe_reply(msg, node, InferenceClient(config, node).describe())
+# -- message handlers: (msg, typed request, node) -> reply ---------------------------------
+def describe(msg: Message, request: DescribeRequest, node: NodeIdentity) -> Message:
+    return describe_reply(msg, node, InferenceClient(request.envelope.config, node).describe())
 
 
-def answer_round(msg: Message, config: NebulaConfig, node: NodeIdentity, rec: ConfigRecord) -> Message:
-    """Logits on the round's public ids; any targets or global-student state in ``msg`` are ignored."""
-    round_index = int(rec[keys.ROUND_INDEX])
-    query_ids = np.asarray(rec[keys.QUERY_IDS], dtype=np.int64)
-    evaluate = round_index % config.train.eval_every == 0 or round_index == config.federation.rounds
-    blob, metrics = InferenceClient(config, node).answer(query_ids, evaluate=evaluate)
-    return ok_reply(msg, {keys.CLIENT_ID: node.client_id, keys.LOGITS_BLOB: blob}, metrics)
+def answer_round(msg: Message, request: RoundRequest, node: NodeIdentity) -> Message:
+    """Logits on the round's public ids; any targets or global-student state in the request are ignored."""
+    config, r = request.envelope.config, request.round_index
+    evaluate = r % config.train.eval_every == 0 or r == config.federation.rounds
+    blob, metrics = InferenceClient(config, node).answer(request.query_ids, evaluate=evaluate)
+    return answer(msg, RoundReply(node.client_id, blob, metrics))
 
 
-def finish(msg: Message, config: NebulaConfig, node: NodeIdentity, rec: ConfigRecord) -> Message:
+def finish(msg: Message, request: FinishRequest, node: NodeIdentity) -> Message:
     """Nothing to save: the export is the node's model and it never changes."""
-    return ok_reply(msg, {keys.CLIENT_ID: node.client_id})
+    return answer(msg, FinishReply(node.client_id))

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +62,28 @@ class Manifest:
         return {**asdict(self), "labels": list(self.labels), "inputs": list(self.inputs)}
 
     @classmethod
-    def from_dict(cls, data: object, *, where: str) -> "Manifest":
+    def from_dict(cls, data: object, *, where: str) -> Manifest:
         if not isinstance(data, dict):
             raise ExportError(f"{where}: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ExportError(f"{where}: format {data.get('format')!r} is not the supported {FORMAT}; re-export")
         expected = {
-            "labels": list, "max_length": int, "target": str, "base_model": str, "pad_token_id": int,
-            "unk_token_id": (int, type(None)), "model_sha256": str, "tokenizer_sha256": str, "vocab_map_sha256": (str, type(None)),
-            "kept_vocab_size": (int, type(None)), "source_adapter": str, "created": str, "opset": int,
-            "inputs": list, "output": str, "format": int,
+            "labels": list,
+            "max_length": int,
+            "target": str,
+            "base_model": str,
+            "pad_token_id": int,
+            "unk_token_id": (int, type(None)),
+            "model_sha256": str,
+            "tokenizer_sha256": str,
+            "vocab_map_sha256": (str, type(None)),
+            "kept_vocab_size": (int, type(None)),
+            "source_adapter": str,
+            "created": str,
+            "opset": int,
+            "inputs": list,
+            "output": str,
+            "format": int,
         }
         for f in fields(cls):
             if f.name not in data:
@@ -83,8 +95,10 @@ class Manifest:
         if data["max_length"] <= 0:
             raise ExportError(f"{where}: field 'max_length' must be > 0, got {data['max_length']}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known}
-                   | {"labels": tuple(data["labels"]), "inputs": tuple(data["inputs"])})
+        return cls(
+            **{k: v for k, v in data.items() if k in known}
+            | {"labels": tuple(data["labels"]), "inputs": tuple(data["inputs"])}
+        )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -93,7 +107,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def pad_batch(rows: Sequence[Sequence[int]], *, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,13 +164,19 @@ def write_package(
         if id_map is not None:
             np.save(tmp / VOCAB_MAP_FILE, np.asarray(id_map, dtype=np.int64), allow_pickle=False)
         manifest = Manifest(
-            labels=tuple(labels), max_length=max_length, target=target, base_model=base_model,
+            labels=tuple(labels),
+            max_length=max_length,
+            target=target,
+            base_model=base_model,
             pad_token_id=int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
             unk_token_id=None if tokenizer.unk_token_id is None else int(tokenizer.unk_token_id),
-            model_sha256=sha256_file(tmp / MODEL_FILE), tokenizer_sha256=sha256_file(tmp / TOKENIZER_FILE),
+            model_sha256=sha256_file(tmp / MODEL_FILE),
+            tokenizer_sha256=sha256_file(tmp / TOKENIZER_FILE),
             vocab_map_sha256=sha256_file(tmp / VOCAB_MAP_FILE) if id_map is not None else None,
             kept_vocab_size=int(id_map.max()) + 1 if id_map is not None else None,
-            source_adapter=str(Path(source_adapter).resolve()), created=now_utc(), opset=opset,
+            source_adapter=str(Path(source_adapter).resolve()),
+            created=now_utc(),
+            opset=opset,
         )
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private
@@ -245,13 +265,15 @@ def load_package(folder: str | Path, *, intra_op_threads: int | None = None) -> 
         except (OSError, ValueError) as err:
             raise ExportError(f"{path}: unreadable vocabulary map ({err})") from None
         if id_map.ndim != 1 or id_map.dtype != np.int64 or id_map.min() < 0:
-            raise ExportError(f"{path}: expected a 1-D int64 table of non-negative ids, got {id_map.dtype} {id_map.shape}")
+            raise ExportError(
+                f"{path}: expected a 1-D int64 table of non-negative ids, got {id_map.dtype} {id_map.shape}"
+            )
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     try:
         session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as err:
         raise ExportError(f"{folder / MODEL_FILE}: onnxruntime cannot load the model ({err})") from None
     names = tuple(i.name for i in session.get_inputs())
     if set(names) != set(manifest.inputs):

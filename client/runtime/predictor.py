@@ -47,7 +47,7 @@ class EdgePredictor:
         self._id_map = package.id_map
         try:
             self._tokenizer = Tokenizer.from_file(str(package.tokenizer_path))
-        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception
+        except Exception as err:
             raise ExportError(f"{package.tokenizer_path}: cannot be read by tokenizers ({err})") from None
         # Same ids as transformers' tokenizer(texts, truncation=True, max_length=max_length):
         # truncation counts the special tokens; padding happens here, per batch.
@@ -78,10 +78,12 @@ class EdgePredictor:
         if self._id_map is None or unk is None:
             return np.zeros(len(texts), dtype=bool)
         unk_new = self._id_map[unk]
-        return np.asarray([
-            bool(np.any((self._id_map[ids] == unk_new) & (ids != unk)))
-            for ids in (np.asarray(e.ids, dtype=np.int64) for e in self._tokenizer.encode_batch(list(texts)))
-        ])
+        return np.asarray(
+            [
+                bool(np.any((self._id_map[ids] == unk_new) & (ids != unk)))
+                for ids in (np.asarray(e.ids, dtype=np.int64) for e in self._tokenizer.encode_batch(list(texts)))
+            ]
+        )
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One onnxruntime call on padded (B, L) int64 arrays; logits float32 (B, C)."""

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nebula.client.runtime.errors import ExportError
-from nebula.deploy.export.onnx_export import OPSET, TARGETS, calibration_batches, convert, export_fp32
 from nebula.client.runtime.package import Manifest, check_output_folder, write_package
+from nebula.deploy.export.onnx_export import OPSET, TARGETS, calibration_batches, convert, export_fp32
 
 log = logging.getLogger(__name__)
 
 
-def _opt(default, help: str):  # noqa: A002 - mirrors argparse naming
+def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
@@ -33,7 +33,8 @@ class ExportConfig:
     base: str | None = _opt(None, "base model override: builtin name or folder (default: the adapter's own)")
     max_length: int = _opt(64, "tokens per input, special tokens included (as in training)")
     prune_vocab_from: str | None = _opt(
-        None, "keep only the tokens of this corpus: a dataset (tweets, bbc, .csv, .jsonl) or a .txt file, one text per line"
+        None,
+        "keep only the tokens of this corpus: a dataset (tweets, bbc, .csv, .jsonl) or a .txt file, one text per line",
     )
     labels: tuple[str, ...] | None = _opt(None, "class names in label-id order (default: from --dataset)")
     dataset: str | None = _opt(None, "dataset the adapter was trained on: label names, static-int8 calibration")
@@ -41,7 +42,7 @@ class ExportConfig:
     seed: int = _opt(0, "split seed (as data.seed)")
     calibration_size: int = _opt(128, "public texts that calibrate static-int8")
 
-    def validate(self) -> "ExportConfig":
+    def validate(self) -> ExportConfig:
         if not self.adapter_dir:
             raise ExportError("export.adapter_dir is required")
         if not self.out:
@@ -72,13 +73,21 @@ def read_corpus(name_or_path: str) -> list[str]:
         raise ExportError(str(err)) from None
 
 
-def choose_labels(num_labels: int, *, given: Sequence[str] | None, dataset_names: Sequence[str] | None,
-                  model_names: Sequence[str] | None, where: str) -> tuple[str, ...]:
+def choose_labels(
+    num_labels: int,
+    *,
+    given: Sequence[str] | None,
+    dataset_names: Sequence[str] | None,
+    model_names: Sequence[str] | None,
+    where: str,
+) -> tuple[str, ...]:
     """Class names: explicit ones, else the dataset's, else the model's, else ``LABEL_i``."""
     for source, names in (("--labels", given), ("--dataset", dataset_names)):
         if names is not None:
             if len(names) != num_labels:
-                raise ExportError(f"{where}: the head has {num_labels} classes but {source} gives {len(names)}: {list(names)}")
+                raise ExportError(
+                    f"{where}: the head has {num_labels} classes but {source} gives {len(names)}: {list(names)}"
+                )
             return tuple(names)
     return tuple(model_names) if model_names else tuple(f"LABEL_{i}" for i in range(num_labels))
 
@@ -89,7 +98,9 @@ def calibration_texts(config: ExportConfig) -> list[str]:
 
     try:
         dataset = load_dataset(config.dataset)
-        _, public, _ = split_dataset(len(dataset), test=config.test_size, public=config.calibration_size, seed=config.seed)
+        _, public, _ = split_dataset(
+            len(dataset), test=config.test_size, public=config.calibration_size, seed=config.seed
+        )
     except DatasetError as err:
         raise ExportError(str(err)) from None
     return [dataset.texts[i] for i in public]
@@ -113,19 +124,24 @@ def export_adapter(config: ExportConfig) -> Manifest:
     check_output_folder(config.out)
     model, tokenizer, num_labels, model_names = load_adapter_model(config.adapter_dir, base=config.base)
     if not getattr(tokenizer, "is_fast", False):
-        raise ExportError(f"{config.adapter_dir}: the tokenizer is not a fast tokenizer; the device runtime needs tokenizer.json")
+        raise ExportError(
+            f"{config.adapter_dir}: the tokenizer is not a fast tokenizer; the device runtime needs tokenizer.json"
+        )
     dataset_names = None
     if config.dataset:
         try:
             dataset_names = load_dataset(config.dataset).label_names
         except DatasetError as err:
             raise ExportError(str(err)) from None
-    labels = choose_labels(num_labels, given=config.labels, dataset_names=dataset_names, model_names=model_names,
-                           where=config.adapter_dir)
+    labels = choose_labels(
+        num_labels, given=config.labels, dataset_names=dataset_names, model_names=model_names, where=config.adapter_dir
+    )
     id_map = None
     if config.prune_vocab_from:
         if tokenizer.unk_token_id is None:
-            raise ExportError(f"{config.adapter_dir}: the tokenizer has no unknown token; its vocabulary cannot be pruned")
+            raise ExportError(
+                f"{config.adapter_dir}: the tokenizer has no unknown token; its vocabulary cannot be pruned"
+            )
         kept = corpus_kept_ids(tokenizer, read_corpus(config.prune_vocab_from), max_length=config.max_length)
         id_map = prune_model_vocab(model, kept, unk_id=tokenizer.unk_token_id)
         log.info("vocabulary pruned to %d of %d tokens", len(kept), len(id_map))
@@ -134,13 +150,22 @@ def export_adapter(config: ExportConfig) -> Manifest:
     calibration = None
     if TARGETS[config.target].needs_calibration:
         rows = tokenizer(calibration_texts(config), truncation=True, max_length=config.max_length)["input_ids"]
-        calibration = calibration_batches([id_map[r].tolist() if id_map is not None else r for r in rows], pad_id=model_pad)
+        calibration = calibration_batches(
+            [id_map[r].tolist() if id_map is not None else r for r in rows], pad_id=model_pad
+        )
     with tempfile.TemporaryDirectory(prefix="nebula-export-") as tmp:
         fp32 = export_fp32(model, Path(tmp) / "fp32.onnx", pad_id=model_pad)
         final = convert(fp32, Path(tmp) / "model.onnx", config.target, calibration=calibration)
         base = config.base or read_adapter_config(config.adapter_dir).get("base_model_name_or_path", "")
         return write_package(
-            config.out, model_file=final, tokenizer=tokenizer, id_map=id_map, labels=labels,
-            max_length=config.max_length, target=config.target, base_model=str(base),
-            source_adapter=config.adapter_dir, opset=OPSET,
+            config.out,
+            model_file=final,
+            tokenizer=tokenizer,
+            id_map=id_map,
+            labels=labels,
+            max_length=config.max_length,
+            target=config.target,
+            base_model=str(base),
+            source_adapter=config.adapter_dir,
+            opset=OPSET,
         )

@@ -60,8 +60,11 @@ def adapter_num_labels(adapter_dir: str | Path, config: dict | None = None) -> i
     shapes = _weight_shapes(folder)
     heads = [m for m in config.get("modules_to_save") or [] if m]
     candidates = {
-        name: shape for name, shape in shapes.items()
-        if len(shape) == 2 and "lora_" not in name and name.endswith(".weight")
+        name: shape
+        for name, shape in shapes.items()
+        if len(shape) == 2
+        and "lora_" not in name
+        and name.endswith(".weight")
         and any(f".{head}." in f".{name}" for head in heads)
     }
     final = {n: s for n, s in candidates.items() if "out_proj" in n} or candidates
@@ -88,7 +91,7 @@ def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
             import torch
 
             return {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-        except Exception as err:  # noqa: BLE001 - any reader failure means the same thing here
+        except Exception as err:
             raise ExportError(f"{path}: corrupt adapter weights ({err})") from None
     raise ExportError(f"{folder}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
 

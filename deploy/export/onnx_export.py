@@ -76,8 +76,14 @@ def export_fp32(model, path: str | Path, *, pad_id: int, opset: int = OPSET) -> 
         # deprecation notice: noise for the user of `nebula export`.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            LogitsOnly(model).eval(), (ids, mask), str(path), input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME], dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+            LogitsOnly(model).eval(),
+            (ids, mask),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
         )
     import onnx
 
@@ -141,8 +147,14 @@ def _static_int8(src: Path, dst: Path, calibration: Sequence[Batch] | None) -> N
             return next(self._batches, None)
 
     quantize_static(
-        src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
+        src,
+        dst,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gather"],
     )
 
 
@@ -151,13 +163,22 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("cpu-int8", "dynamic int8 (onnxruntime quantize_dynamic), ~4x smaller, for CPUs", _dynamic_int8),
         Target("fp32", "the exported graph as is", _copy),
-        Target("fp16", "half precision, 2x smaller, for GPU/NPU execution providers", _fp16, unavailable=_fp16_unavailable),
-        Target("static-int8", "static int8 (quantize_static, QDQ) calibrated on public texts", _static_int8, needs_calibration=True),
+        Target(
+            "fp16", "half precision, 2x smaller, for GPU/NPU execution providers", _fp16, unavailable=_fp16_unavailable
+        ),
+        Target(
+            "static-int8",
+            "static int8 (quantize_static, QDQ) calibrated on public texts",
+            _static_int8,
+            needs_calibration=True,
+        ),
     )
 }
 
 
-def convert(fp32_path: str | Path, out_path: str | Path, target: str, *, calibration: Sequence[Batch] | None = None) -> Path:
+def convert(
+    fp32_path: str | Path, out_path: str | Path, target: str, *, calibration: Sequence[Batch] | None = None
+) -> Path:
     """Write ``target``'s model file from the fp32 export.
 
     Raises
@@ -197,4 +218,3 @@ def calibration_batches(id_lists: Sequence[Sequence[int]], *, pad_id: int, batch
         ids, mask = pad_batch(id_lists[start : start + batch_size], pad_id=pad_id)
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
-

@@ -42,7 +42,10 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Top-1 agreement and max |a - b| of two (N, C) logit arrays."""
     if a.shape != b.shape:
         raise ValueError(f"logit shapes differ: {a.shape} vs {b.shape}")
-    return {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))), "max_abs_logit_diff": float(np.max(np.abs(a - b)))}
+    return {
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
+        "max_abs_logit_diff": float(np.max(np.abs(a - b))),
+    }
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -104,13 +107,14 @@ def source_fp32_mb(adapter_dir: str | Path, *, base: str | None = None) -> float
 # --- running the models ------------------------------------------------------------------------
 
 
-def _torch_side(adapter_dir: str, texts: Sequence[str], *, max_length: int, threads: int, repeats: int,
-                base: str | None = None) -> dict:
+def _torch_side(
+    adapter_dir: str, texts: Sequence[str], *, max_length: int, threads: int, repeats: int, base: str | None = None
+) -> dict:
     """Logits of a merged PyTorch model on ``texts`` and its batch-1 / batch-32 latency."""
     import torch
 
-    from nebula.learning.training import encode, predict_logits
     from nebula.deploy.export.merge import load_adapter_model
+    from nebula.learning.training import encode, predict_logits
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -123,7 +127,9 @@ def _torch_side(adapter_dir: str, texts: Sequence[str], *, max_length: int, thre
         with torch.no_grad():
             for n, rows in latency_batches(encoded.input_ids).items():
                 ids, mask = (torch.from_numpy(a) for a in pad_batch(rows, pad_id=pad))  # (B, L) each
-                latency[n] = median_ms(lambda: model(input_ids=ids, attention_mask=mask), repeats=repeats)
+                latency[n] = median_ms(
+                    lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask), repeats=repeats
+                )
     finally:
         torch.set_num_threads(previous)
     return {"logits": logits, "latency_ms": latency, "size_mb": source_fp32_mb(adapter_dir, base=base)}
@@ -166,48 +172,108 @@ def build_report(
         ``timing``, ``rows`` (one per model: size, accuracy, agreement with the package, latency) and
         ``against_teachers`` (:func:`against_teacher` for each teacher row).
     """
-    from nebula.common.data import load_dataset, split_dataset
     from nebula.client.runtime.errors import ExportError
     from nebula.client.runtime.predictor import EdgePredictor
 
-    data = load_dataset(dataset)
-    test, _, _ = split_dataset(len(data), test=test_size, public=0, seed=seed)
-    texts, labels = [data.texts[i] for i in test], data.labels[test]
+    texts, labels, num_classes = _test_set(dataset, test_size=test_size, seed=seed)
     predictor = EdgePredictor(package_dir, intra_op_threads=threads)
     manifest = predictor.manifest
-    if len(manifest.labels) != len(data.label_names):
-        raise ExportError(f"{package_dir}: the package has {len(manifest.labels)} classes, {dataset} has {len(data.label_names)}")
+    if len(manifest.labels) != num_classes:
+        raise ExportError(f"{package_dir}: the package has {len(manifest.labels)} classes, {dataset} has {num_classes}")
+    logits, export_row = _export_row(predictor, package_dir, texts, labels, repeats=repeats)
+    references = _references(student_adapter or manifest.source_adapter, teacher_adapters)
+    rows = [export_row] + [
+        _reference_row(
+            name, adapter, texts, labels, logits, max_length=manifest.max_length, threads=threads, repeats=repeats
+        )
+        for name, adapter in references
+    ]
+    return {
+        "package": {
+            "folder": str(Path(package_dir).resolve()),
+            "target": manifest.target,
+            "kept_vocab_size": manifest.kept_vocab_size,
+            "source_adapter": manifest.source_adapter,
+        },
+        "test": {
+            "dataset": dataset,
+            "size": len(texts),
+            "seed": seed,
+            "outside_vocabulary": float(np.mean(predictor.outside_vocabulary(texts))),
+        },
+        "timing": {
+            "threads": threads,
+            "repeats": repeats,
+            "warmup": 3,
+            "what": "one session.run / forward, tokenisation excluded; batch 1 = median-length text",
+        },
+        "rows": rows,
+        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
+    }
+
+
+def _test_set(dataset: str, *, test_size: int, seed: int) -> tuple[list[str], np.ndarray, int]:
+    """The dataset's global test split as the federation draws it: texts, labels and the number of classes."""
+    from nebula.common.data import load_dataset, split_dataset
+
+    data = load_dataset(dataset)
+    test, _, _ = split_dataset(len(data), test=test_size, public=0, seed=seed)
+    return [data.texts[i] for i in test], data.labels[test], len(data.label_names)
+
+
+def _export_row(
+    predictor, package_dir: str | Path, texts: Sequence[str], labels: np.ndarray, *, repeats: int
+) -> tuple[np.ndarray, dict]:
+    """The package's logits on ``texts`` and its report row (size, accuracy, batch-1 / batch-32 latency)."""
     logits = predictor.predict_logits(texts)
     onnx_latency = {}
     for n, rows in latency_batches(predictor.encode(texts)).items():
         ids, mask = pad_batch(rows, pad_id=predictor.pad_id)
-        onnx_latency[n] = median_ms(lambda: predictor.run(ids, mask), repeats=repeats)
-    rows = [{
-        "model": f"export {manifest.target} (onnxruntime)", "size_mb": folder_mb(package_dir, exclude=REPORT_FILES),
-        "accuracy": accuracy(logits, labels), "top1_agreement": 1.0, "max_abs_logit_diff": 0.0,
-        "latency_b1_ms": onnx_latency[1], "latency_b32_ms": onnx_latency[32],
-    }]
-    references = [("student fp32 (PyTorch, merged)", str(student_adapter or manifest.source_adapter))]
+        onnx_latency[n] = median_ms(lambda ids=ids, mask=mask: predictor.run(ids, mask), repeats=repeats)
+    row = {
+        "model": f"export {predictor.manifest.target} (onnxruntime)",
+        "size_mb": folder_mb(package_dir, exclude=REPORT_FILES),
+        "accuracy": accuracy(logits, labels),
+        "top1_agreement": 1.0,
+        "max_abs_logit_diff": 0.0,
+        "latency_b1_ms": onnx_latency[1],
+        "latency_b32_ms": onnx_latency[32],
+    }
+    return logits, row
+
+
+def _references(student_adapter: str | Path, teacher_adapters: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """(row name, adapter folder) of the PyTorch references: the student, then each teacher."""
+    references = [("student fp32 (PyTorch, merged)", str(student_adapter))]
     for adapter in teacher_adapters:
         references.append((f"teacher {_base_name(adapter)} fp32 (PyTorch, merged)", str(adapter)))
-    for name, adapter in references:
-        side = _torch_side(adapter, texts, max_length=manifest.max_length, threads=threads, repeats=repeats)
-        if side["logits"].shape != logits.shape:
-            raise ExportError(f"{adapter}: {side['logits'].shape[1]} classes, the package has {logits.shape[1]}")
-        rows.append({
-            "model": name, "size_mb": side["size_mb"], "accuracy": accuracy(side["logits"], labels),
-            **agreement(logits, side["logits"]),
-            "latency_b1_ms": side["latency_ms"][1], "latency_b32_ms": side["latency_ms"][32],
-        })
+    return references
+
+
+def _reference_row(
+    name: str,
+    adapter: str,
+    texts: Sequence[str],
+    labels: np.ndarray,
+    logits: np.ndarray,
+    *,
+    max_length: int,
+    threads: int,
+    repeats: int,
+) -> dict:
+    """The report row of one PyTorch reference (student or teacher), compared with the package's ``logits``."""
+    from nebula.client.runtime.errors import ExportError
+
+    side = _torch_side(adapter, texts, max_length=max_length, threads=threads, repeats=repeats)
+    if side["logits"].shape != logits.shape:
+        raise ExportError(f"{adapter}: {side['logits'].shape[1]} classes, the package has {logits.shape[1]}")
     return {
-        "package": {"folder": str(Path(package_dir).resolve()), "target": manifest.target,
-                    "kept_vocab_size": manifest.kept_vocab_size, "source_adapter": manifest.source_adapter},
-        "test": {"dataset": dataset, "size": len(texts), "seed": seed,
-                 "outside_vocabulary": float(np.mean(predictor.outside_vocabulary(texts)))},
-        "timing": {"threads": threads, "repeats": repeats, "warmup": 3,
-                   "what": "one session.run / forward, tokenisation excluded; batch 1 = median-length text"},
-        "rows": rows,
-        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
+        "model": name,
+        "size_mb": side["size_mb"],
+        "accuracy": accuracy(side["logits"], labels),
+        **agreement(logits, side["logits"]),
+        "latency_b1_ms": side["latency_ms"][1],
+        "latency_b32_ms": side["latency_ms"][32],
     }
 
 
@@ -228,31 +294,44 @@ def format_markdown(report: dict) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
         f"Test set: {test['dataset']}, {test['size']} texts (seed {test['seed']})"
-        + (f", {100 * test['outside_vocabulary']:.1f}% with tokens outside the pruned vocabulary"
-           if report["package"]["kept_vocab_size"] else "")
+        + (
+            f", {100 * test['outside_vocabulary']:.1f}% with tokens outside the pruned vocabulary"
+            if report["package"]["kept_vocab_size"]
+            else ""
+        )
         + f". Latency: median of {timing['repeats']} runs, {timing['threads']} thread(s), {timing['what']}.",
         "",
-        "| model | size (MB) | accuracy | top-1 agreement with export | max abs logit diff | batch-1 (ms) | batch-32 (ms) |",
+        "| model | size (MB) | accuracy | top-1 agreement with export | max abs logit diff "
+        "| batch-1 (ms) | batch-32 (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['model']} | {fmt(r['size_mb'], '.1f')} | {100 * r['accuracy']:.1f}% | {100 * r['top1_agreement']:.1f}% "
+            f"| {r['model']} | {fmt(r['size_mb'], '.1f')} | {100 * r['accuracy']:.1f}% "
+            f"| {100 * r['top1_agreement']:.1f}% "
             f"| {r['max_abs_logit_diff']:.4f} | {r['latency_b1_ms']:.2f} | {r['latency_b32_ms']:.1f} |"
         )
     if report.get("against_teachers"):
         t = TARGETS
         lines += [
             "",
-            f"| export against | smaller (target >= {t['smaller_x']:g}x) | accuracy kept (target >= {100 * t['accuracy_kept']:g}%) "
+            f"| export against | smaller (target >= {t['smaller_x']:g}x) "
+            f"| accuracy kept (target >= {100 * t['accuracy_kept']:g}%) "
             f"| batch-1 faster (target >= {t['batch1_faster_x']:g}x) |",
             "|---|---:|---:|---:|",
         ]
+
+        def cell(a: dict, key: str, spec: str, unit: str) -> str:
+            if a[key] is None:
+                return "-"
+            value = format(a[key] * (100 if unit == "%" else 1), spec)
+            return f"{value}{unit} ({'met' if a['met'][key] else 'not met'})"
+
         for a in report["against_teachers"]:
-            cell = lambda key, spec, unit: "-" if a[key] is None else (  # noqa: E731
-                f"{format(a[key] * (100 if unit == '%' else 1), spec)}{unit} ({'met' if a['met'][key] else 'not met'})")
-            lines.append(f"| {a['teacher']} | {cell('smaller_x', '.1f', 'x')} | {cell('accuracy_kept', '.1f', '%')} "
-                         f"| {cell('batch1_faster_x', '.1f', 'x')} |")
+            lines.append(
+                f"| {a['teacher']} | {cell(a, 'smaller_x', '.1f', 'x')} | {cell(a, 'accuracy_kept', '.1f', '%')} "
+                f"| {cell(a, 'batch1_faster_x', '.1f', 'x')} |"
+            )
     return "\n".join(lines)
 
 

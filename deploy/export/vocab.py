@@ -87,7 +87,9 @@ def prune_model_vocab(model, kept: np.ndarray, *, unk_id: int) -> np.ndarray:
     id_map = build_id_map(kept, vocab_size=old.num_embeddings, unk_id=unk_id)
     pad = old.padding_idx
     new = torch.nn.Embedding(
-        len(kept), old.embedding_dim, padding_idx=None if pad is None else int(id_map[pad]),
+        len(kept),
+        old.embedding_dim,
+        padding_idx=None if pad is None else int(id_map[pad]),
         dtype=old.weight.dtype,
     )
     with torch.no_grad():

@@ -93,7 +93,9 @@ def contrast_fit(z: np.ndarray, s: np.ndarray, w: np.ndarray, *, sweeps: int) ->
     for _ in range(sweeps):
         previous = f
         # b_{k,n} = sum_c s_kc (z_knc - f_nc) / sum_c s_kc, for clients holding some class
-        b = np.where(row[:, None] > 0, np.einsum("kc,knc->kn", s, z - f[None]) / np.where(row > 0, row, 1.0)[:, None], 0.0)
+        b = np.where(
+            row[:, None] > 0, np.einsum("kc,knc->kn", s, z - f[None]) / np.where(row > 0, row, 1.0)[:, None], 0.0
+        )
         resid = z - b[:, :, None]  # (K, N, C)
         f_held = np.einsum("kc,knc->nc", s, resid) / np.where(held, s.sum(axis=0), 1.0)
         f = np.where(held[None, :], f_held, np.tensordot(fw, resid, axes=1))

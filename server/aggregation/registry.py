@@ -40,7 +40,9 @@ def get_rule(name: str, **params: object) -> AggregationRule:
     try:
         cls = _RULES[name]
     except KeyError:
-        raise AggregationError(f"unknown aggregation rule {name!r}; available: {', '.join(available_rules())}") from None
+        raise AggregationError(
+            f"unknown aggregation rule {name!r}; available: {', '.join(available_rules())}"
+        ) from None
     try:
         inspect.signature(cls).bind(**params)
     except TypeError as exc:

@@ -59,7 +59,9 @@ def digest_of(hashes: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(hashes)).encode("ascii")).hexdigest()
 
 
-def support_matrix(client_ids: Sequence[str], label_counts: Mapping[str, Sequence[int]]) -> tuple[np.ndarray | None, str]:
+def support_matrix(
+    client_ids: Sequence[str], label_counts: Mapping[str, Sequence[int]]
+) -> tuple[np.ndarray | None, str]:
     """Per-client label counts ``(K, C)`` for the rule, or ``(None, "none")`` unless every client has them.
 
     A rule that uses support (``class-support``, ``class-contrast``) then takes its documented

@@ -62,14 +62,21 @@ def _signed_object(method: str, fields: Mapping[str, str | int], *, key: str, ti
 
 
 def sign_call(
-    private_key: Ed25519PrivateKey, method: str, fields: Mapping[str, str | int], *, timestamp_ms: int | None = None, nonce: str | None = None
+    private_key: Ed25519PrivateKey,
+    method: str,
+    fields: Mapping[str, str | int],
+    *,
+    timestamp_ms: int | None = None,
+    nonce: str | None = None,
 ) -> CallAuth:
     """The auth block an operator attaches to a call (now, with a fresh random nonce, by default)."""
     key = key_id(private_key.public_key())
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     nonce = secrets.token_hex(16) if nonce is None else nonce
     obj = _signed_object(method, fields, key=key, timestamp_ms=ts, nonce=nonce)
-    return CallAuth(key_id=key, timestamp_ms=ts, nonce=nonce, signature=sign(private_key, domain=SIGNING_DOMAIN, obj=obj))
+    return CallAuth(
+        key_id=key, timestamp_ms=ts, nonce=nonce, signature=sign(private_key, domain=SIGNING_DOMAIN, obj=obj)
+    )
 
 
 class TrustedOperators:
@@ -83,10 +90,14 @@ class TrustedOperators:
         if not self.path.exists():
             raise ValueError(f"trusted operator keys: {self.path} does not exist")
         if not self.keys():
-            raise ValueError(f"trusted operator keys: no {' or '.join(KEY_SUFFIXES)} file in {self.path}; nobody could submit")
+            raise ValueError(
+                f"trusted operator keys: no {' or '.join(KEY_SUFFIXES)} file in {self.path}; nobody could submit"
+            )
 
     def keys(self) -> dict[str, Ed25519PublicKey]:
-        files = [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.suffix in KEY_SUFFIXES)
+        files = (
+            [self.path] if self.path.is_file() else sorted(p for p in self.path.iterdir() if p.suffix in KEY_SUFFIXES)
+        )
         keys = {}
         for file in files:
             key = load_public_key(file)  # a broken key file is the server admin's error: raise, naming it
@@ -95,21 +106,33 @@ class TrustedOperators:
 
 
 def check_call(
-    trusted: TrustedOperators, method: str, fields: Mapping[str, str | int], auth: CallAuth | None, *, window_s: float, now_ms: int | None = None
+    trusted: TrustedOperators,
+    method: str,
+    fields: Mapping[str, str | int],
+    auth: CallAuth | None,
+    *,
+    window_s: float,
+    now_ms: int | None = None,
 ) -> str:
     """Authenticate a call; returns the operator's key id. Raises as the module docstring lists."""
     if auth is None or not auth.signature or not auth.key_id:
         raise MissingSignature(f"{method}: the call is not signed; sign it with a trusted operator key")
     if len(auth.signature) != SIGNATURE_BYTES:
-        raise OperatorAuthError(f"{method}: signature has {len(auth.signature)} bytes, an Ed25519 signature has {SIGNATURE_BYTES}")
+        raise OperatorAuthError(
+            f"{method}: signature has {len(auth.signature)} bytes, an Ed25519 signature has {SIGNATURE_BYTES}"
+        )
     if not NONCE_CHARS[0] <= len(auth.nonce) <= NONCE_CHARS[1]:
-        raise OperatorAuthError(f"{method}: nonce must have {NONCE_CHARS[0]} to {NONCE_CHARS[1]} characters, got {len(auth.nonce)}")
+        raise OperatorAuthError(
+            f"{method}: nonce must have {NONCE_CHARS[0]} to {NONCE_CHARS[1]} characters, got {len(auth.nonce)}"
+        )
     key = trusted.keys().get(auth.key_id)
     if key is None:
         raise OperatorAuthError(f"{method}: operator key {auth.key_id} is not trusted by this server")
     obj = _signed_object(method, fields, key=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce)
     if not signature_ok(key, auth.signature, domain=SIGNING_DOMAIN, obj=obj):
-        raise OperatorAuthError(f"{method}: bad signature for operator key {auth.key_id} (the call's fields do not match what was signed)")
+        raise OperatorAuthError(
+            f"{method}: bad signature for operator key {auth.key_id} (the call's fields do not match what was signed)"
+        )
     now = int(time.time() * 1000) if now_ms is None else now_ms
     skew_s = (auth.timestamp_ms - now) / 1000
     if abs(skew_s) > window_s:

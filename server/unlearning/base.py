@@ -19,9 +19,10 @@ written last, and a request whose ``models.json`` exists does not train again.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from nebula.server.ledger import ConsensusRevision, Ledger, Tombstone
 
@@ -49,7 +50,9 @@ class UnlearnOutcome:
 
     tombstones: list[Tombstone] = field(default_factory=list)
     revisions: list[ConsensusRevision] = field(default_factory=list)
-    models: dict[str, Any] | None = None  # the certificate's ``models`` field (server/unlearning/models.py); None: unchanged
+    models: dict[str, Any] | None = (
+        None  # the certificate's ``models`` field (server/unlearning/models.py); None: unchanged
+    )
 
 
 class UnlearnMode(abc.ABC):
@@ -65,7 +68,9 @@ class UnlearnMode(abc.ABC):
 
         Raises
         ------
-        nebula.server.exceptions.NebulaServerError, nebula.server.aggregation.AggregationError, nebula.common.wire.WireFormatError
+        nebula.server.exceptions.NebulaServerError
+        nebula.server.aggregation.AggregationError
+        nebula.common.wire.WireFormatError
             When the ledger cannot be changed or holds data that cannot be re-aggregated; every
             committed step stays committed, and the request is marked failed with the message.
         """

@@ -5,15 +5,17 @@ A certificate is one JSON object (``format`` ``nebula-unlearning-certificate/1``
     request_id, client_id, mode, reason, operator_key, requested_at, created_at
     runs                 run ids the request touched
     rounds_affected      [{run_id, round}]: rounds whose contribution was removed or consensus revised
-    ledger_rows_removed  {count, payloads_sha256: digest of the hashes, rows: [{run_id, round, payload_sha256, payload_bytes}]}
-    consensus            [{run_id, round, before_sha256, after_sha256, contributors_before, contributors_after, support}]
+    ledger_rows_removed  {count, payloads_sha256: digest of the hashes,
+                          rows: [{run_id, round, payload_sha256, payload_bytes}]}
+    consensus            [{run_id, round, before_sha256, after_sha256, contributors_before, contributors_after,
+                           support}]
                          (empty for purge, which leaves the consensus as it was; after_sha256 null: round no
                          longer aggregated)
     models               null for the modes that leave the models (purge, reaggregate); for exact-replay and
                          fast-correction: the run, the hashes of the teacher's and global student's trainable
                          states before and after, where the new states were written, the rounds replayed
                          or the correction's budget and steps (server/unlearning/models.py)
-    verification         null until measured (issue 3, "Verification"); figures go in as decimal
+    verification         null until measured (``nebula unlearn benchmark``); figures go in as decimal
                          strings ("0.512"): canonical JSON refuses floats
     server_key           key id of the signing key
     signature            {algorithm: "ed25519", value: base64 of the signature}
@@ -42,8 +44,22 @@ from nebula.server.unlearning.requests import UnlearnRequest, iso_time
 CERTIFICATE_FORMAT = "nebula-unlearning-certificate/1"
 SIGNING_DOMAIN = b"nebula-unlearning-certificate/1\n"
 FIELDS = (
-    "format", "request_id", "client_id", "mode", "reason", "operator_key", "requested_at", "created_at", "runs",
-    "rounds_affected", "ledger_rows_removed", "consensus", "models", "verification", "server_key", "signature",
+    "format",
+    "request_id",
+    "client_id",
+    "mode",
+    "reason",
+    "operator_key",
+    "requested_at",
+    "created_at",
+    "runs",
+    "rounds_affected",
+    "ledger_rows_removed",
+    "consensus",
+    "models",
+    "verification",
+    "server_key",
+    "signature",
 )
 
 
@@ -55,8 +71,13 @@ def build_certificate(request: UnlearnRequest, outcome: UnlearnOutcome, *, creat
     ]
     revisions = [
         {
-            "run_id": r.run_id, "round": r.round, "before_sha256": r.before_sha256, "after_sha256": r.after_sha256,
-            "contributors_before": r.contributors_before, "contributors_after": r.contributors_after, "support": r.support,
+            "run_id": r.run_id,
+            "round": r.round,
+            "before_sha256": r.before_sha256,
+            "after_sha256": r.after_sha256,
+            "contributors_before": r.contributors_before,
+            "contributors_after": r.contributors_after,
+            "support": r.support,
         }
         for r in outcome.revisions
     ]
@@ -72,7 +93,11 @@ def build_certificate(request: UnlearnRequest, outcome: UnlearnOutcome, *, creat
         "created_at": iso_time(created_at),
         "runs": sorted({run for run, _ in rounds}),
         "rounds_affected": [{"run_id": run, "round": rnd} for run, rnd in rounds],
-        "ledger_rows_removed": {"count": len(rows), "payloads_sha256": digest_of(r["payload_sha256"] for r in rows), "rows": rows},
+        "ledger_rows_removed": {
+            "count": len(rows),
+            "payloads_sha256": digest_of(r["payload_sha256"] for r in rows),
+            "rows": rows,
+        },
         "consensus": revisions,
         "models": outcome.models,
         "verification": None,
@@ -87,7 +112,9 @@ def sign_certificate(certificate: Mapping[str, Any], private_key: Ed25519Private
     return {**body, "signature": {"algorithm": "ed25519", "value": base64.b64encode(value).decode("ascii")}}
 
 
-def verify_certificate(source: str | Path | Mapping[str, Any], public_key: str | Path | bytes | Ed25519PublicKey) -> dict[str, Any]:
+def verify_certificate(
+    source: str | Path | Mapping[str, Any], public_key: str | Path | bytes | Ed25519PublicKey
+) -> dict[str, Any]:
     """Check a certificate (a dict, or the path of its JSON file) against the server's public key.
 
     Returns the parsed certificate.
@@ -108,7 +135,9 @@ def verify_certificate(source: str | Path | Mapping[str, Any], public_key: str |
         raise MalformedCertificate(f"server public key: {exc}") from exc
     signature = _signature(cert)
     if cert["server_key"] != key_id(key):
-        raise CertificateError(f"wrong key: the certificate names server key {cert['server_key']}, the given key is {key_id(key)}")
+        raise CertificateError(
+            f"wrong key: the certificate names server key {cert['server_key']}, the given key is {key_id(key)}"
+        )
     body = {k: v for k, v in cert.items() if k != "signature"}
     try:
         ok = signature_ok(key, signature, domain=SIGNING_DOMAIN, obj=body)
@@ -139,7 +168,9 @@ def _load(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise MalformedCertificate(f"malformed {where}: missing fields {missing}")
     if cert["format"] != CERTIFICATE_FORMAT:
-        raise MalformedCertificate(f"malformed {where}: format {cert['format']!r}, this reader checks {CERTIFICATE_FORMAT!r}")
+        raise MalformedCertificate(
+            f"malformed {where}: format {cert['format']!r}, this reader checks {CERTIFICATE_FORMAT!r}"
+        )
     return cert
 
 
@@ -152,5 +183,7 @@ def _signature(cert: dict[str, Any]) -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise MalformedCertificate(f"malformed signature: not base64 ({exc})") from exc
     if len(value) != SIGNATURE_BYTES:
-        raise MalformedCertificate(f"malformed signature: {len(value)} bytes, an Ed25519 signature has {SIGNATURE_BYTES}")
+        raise MalformedCertificate(
+            f"malformed signature: {len(value)} bytes, an Ed25519 signature has {SIGNATURE_BYTES}"
+        )
     return value

@@ -44,7 +44,9 @@ class OperatorClient:
         idempotency key, so a retry never creates a second request).
     """
 
-    def __init__(self, target: str, *, ca: str | Path, key: str | Path, timeout_s: float = 10.0, attempts: int = 3) -> None:
+    def __init__(
+        self, target: str, *, ca: str | Path, key: str | Path, timeout_s: float = 10.0, attempts: int = 3
+    ) -> None:
         self.key = load_private_key(key)
         try:
             root = Path(ca).read_bytes()
@@ -54,7 +56,7 @@ class OperatorClient:
         self.stub = pb_grpc.UnlearningStub(self.channel)
         self.timeout_s, self.attempts = timeout_s, attempts
 
-    def __enter__(self) -> "OperatorClient":
+    def __enter__(self) -> OperatorClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,7 +66,9 @@ class OperatorClient:
         self.channel.close()
 
     def submit(self, client_id: str, *, reason: str, mode: str, idempotency_key: str) -> pb.SubmitUnlearnReply:
-        message = pb.SubmitUnlearnRequest(client_id=client_id, reason=reason, mode=mode, idempotency_key=idempotency_key)
+        message = pb.SubmitUnlearnRequest(
+            client_id=client_id, reason=reason, mode=mode, idempotency_key=idempotency_key
+        )
         return self._call("SubmitUnlearn", message)
 
     def status(self, request_id: str) -> pb.RequestStatus:
@@ -76,7 +80,11 @@ class OperatorClient:
     def _call(self, method: str, message: object) -> object:
         for attempt in range(1, self.attempts + 1):
             auth = sign_call(self.key, method, call_fields(method, message))
-            message.auth.CopyFrom(pb.OperatorAuth(key_id=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce, signature=auth.signature))
+            message.auth.CopyFrom(
+                pb.OperatorAuth(
+                    key_id=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce, signature=auth.signature
+                )
+            )
             try:
                 return getattr(self.stub, method)(message, timeout=self.timeout_s)
             except grpc.RpcError as exc:

@@ -20,11 +20,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from nebula.common.run_folder import certificate_file
 from nebula.server.ledger import Ledger
 from nebula.server.unlearning.base import UnlearnContext, UnlearnMode
 from nebula.server.unlearning.certificate import build_certificate, sign_certificate
@@ -54,9 +55,15 @@ class Executor:
     """
 
     def __init__(
-        self, *, ledger: Ledger, store: RequestStore, signing_key: Ed25519PrivateKey,
-        checkpoint: Callable[[str], None] | None = None, certificates_dir: str | Path | None = None,
-        modes: Mapping[str, UnlearnMode] | None = None, run_dir: str | Path | None = None,
+        self,
+        *,
+        ledger: Ledger,
+        store: RequestStore,
+        signing_key: Ed25519PrivateKey,
+        checkpoint: Callable[[str], None] | None = None,
+        certificates_dir: str | Path | None = None,
+        modes: Mapping[str, UnlearnMode] | None = None,
+        run_dir: str | Path | None = None,
     ) -> None:
         self.ledger, self.store, self.signing_key = ledger, store, signing_key
         self.modes = dict(modes or {})
@@ -72,25 +79,38 @@ class Executor:
 
     def _execute(self, request: UnlearnRequest) -> UnlearnRequest:
         request = self.store.mark_running(request.request_id)
-        log.info("unlearning %s: %s client %s (attempt %d)", request.request_id, request.mode, request.client_id, request.attempts)
+        log.info(
+            "unlearning %s: %s client %s (attempt %d)",
+            request.request_id,
+            request.mode,
+            request.client_id,
+            request.attempts,
+        )
         try:
             context = UnlearnContext(self.ledger, request.request_id, request.client_id, self.checkpoint, self.run_dir)
             mode = self.modes.get(request.mode) or get_mode(request.mode)
             outcome = mode.apply(context)
-            certificate = sign_certificate(build_certificate(request, outcome, created_at=time.time()), self.signing_key)
-        except Exception as exc:  # noqa: BLE001 - any failure ends the request as failed, with its reason
+            certificate = sign_certificate(
+                build_certificate(request, outcome, created_at=time.time()), self.signing_key
+            )
+        except Exception as exc:
             log.exception("unlearning %s failed", request.request_id)
             return self.store.mark_failed(request.request_id, f"{type(exc).__name__}: {exc}")
         text = json.dumps(certificate, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         done = self.store.mark_done(request.request_id, text)
         if self.certificates_dir is not None:
             self.certificates_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.certificates_dir / f".{request.request_id}.json.tmp"
+            path = certificate_file(self.certificates_dir, request.request_id)
+            tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.certificates_dir / f"{request.request_id}.json")
-        log.info("unlearning %s done: %d ledger rows removed, %d rounds re-aggregated%s", request.request_id,
-                 len(outcome.tombstones), len(outcome.revisions), "" if outcome.models is None else
-                 f", models in {outcome.models.get('output')}")
+            tmp.replace(path)
+        log.info(
+            "unlearning %s done: %d ledger rows removed, %d rounds re-aggregated%s",
+            request.request_id,
+            len(outcome.tombstones),
+            len(outcome.revisions),
+            "" if outcome.models is None else f", models in {outcome.models.get('output')}",
+        )
         return done
 
 

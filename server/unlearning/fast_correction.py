@@ -64,7 +64,9 @@ class FastCorrectionMode(UnlearnMode):
 
     def apply(self, ctx: UnlearnContext) -> UnlearnOutcome:
         run = store.open_run(ctx)
-        before = {r: ctx.ledger.consensus(run.run_id, r) for r in ctx.ledger.consensus_round_indices(run.run_id)}  # in memory only
+        before = {
+            r: ctx.ledger.consensus(run.run_id, r) for r in ctx.ledger.consensus_round_indices(run.run_id)
+        }  # in memory only
         ledger_outcome = ReaggregateMode().apply(ctx)
         models = store.resume(run, ctx.request_id) or correct(ctx, run, self.budget, before=before)
         ctx.checkpoint("corrected")
@@ -102,14 +104,19 @@ def consensus_change(
     return old[[pos[int(i)] for i in ids]]
 
 
-def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
-            before: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = None) -> dict[str, Any]:
+def correct(
+    ctx: UnlearnContext,
+    run: store.RunModels,
+    budget: CorrectionBudget,
+    before: dict[int, tuple[np.ndarray, np.ndarray] | None] | None = None,
+) -> dict[str, Any]:
     """The corrective distillation; returns the certificate's ``models`` field. ``before``: each affected
-    round's consensus as it was before the re-aggregation (see the module docstring)."""
-    import torch
+    round's consensus as it was before the re-aggregation (see the module docstring).
 
+    Reads the cleaned consensus and the current states, trains (:func:`_distill`), then writes the
+    corrected models and their manifest (:func:`nebula.server.unlearning.models.publish`).
+    """
     from nebula.learning.models import load_trainable_state, trainable_state
-    from nebula.learning.training import encode, fit, predict_logits
 
     affected = store.affected_rounds(ctx, run)
     taught = set(ctx.ledger.consensus_round_indices(run.run_id))
@@ -121,44 +128,114 @@ def correct(ctx: UnlearnContext, run: store.RunModels, budget: CorrectionBudget,
     teacher, student, data = store.learners(run)
     load_trainable_state(teacher.model, before_teacher)
     load_trainable_state(student.model, before_student)
-    cfg, max_len, T = run.config.train, run.config.data.max_length, run.config.train.temperature
-    seed = run.config.data.seed * 1000 + 997  # apart from every round's seed (round_seed)
+    ids, probs = gather_consensus(ctx.ledger.consensus(run.run_id, r) for r in rounds)
+    old = None
+    if ids is not None and probs is not None:  # else every affected round lost its consensus: nothing to fit
+        old = consensus_change(
+            {r: before[r] for r in rounds if r in before} if before else {}, ids, probs
+        )  # same rounds as ids
+    steps, targeting = _distill(teacher, student, data, run.config, budget, ids=ids, probs=probs, old=old)
+    manifest = {
+        "run_id": run.run_id,
+        "after_round": store.last_finished_round(ctx.ledger, run),
+        "method": FastCorrectionMode.name,
+        "changed": True,
+        "before": before_dir,
+        "output": run.relative(run.request_dir(ctx.request_id)),
+        "rounds_corrected": rounds,
+        "budget": {"teacher_steps": budget.teacher_steps, "student_steps": budget.student_steps},
+        "targeting": targeting,
+        "teacher": store.hashes(run.config.model.teacher, before_teacher, trainable_state(teacher.model)),
+        "student": store.hashes(run.config.model.student, before_student, trainable_state(student.model)),
+        "optimizer_steps": steps,
+        "seconds": f"{time.perf_counter() - t0:.3f}",
+    }
+    return store.publish(run, ctx.request_id, teacher, student, manifest)
+
+
+def _distill(
+    teacher,
+    student,
+    data,
+    config,
+    budget: CorrectionBudget,
+    *,
+    ids: np.ndarray | None,
+    probs: np.ndarray | None,
+    old: np.ndarray | None,
+) -> tuple[dict[str, int], str]:
+    """The training steps, under their own seed: the teacher toward the cleaned consensus ``probs`` of
+    ``ids`` on the top-ranked inputs, then the student from the corrected teacher. ``old``: the targets
+    before the re-aggregation, where known. Returns the optimizer steps per model and the targeting used."""
+    import torch
+
+    from nebula.learning.training import encode, fit
+
+    cfg, max_len, T = config.train, config.data.max_length, config.train.temperature
+    seed = config.data.seed * 1000 + 997  # apart from every round's seed (round_seed)
     steps = {"teacher": 0, "student": 0}
     targeting = "none"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ids, probs = gather_consensus(ctx.ledger.consensus(run.run_id, r) for r in rounds)
-        if ids is not None and probs is not None:  # else every affected round lost its consensus: nothing to fit
-            old = consensus_change({r: before[r] for r in rounds if r in before} if before else {}, ids, probs)  # same rounds as ids
-            if old is not None and not np.array_equal(old, probs):
-                targeting = "consensus change"
-                ranking = rank_by_divergence(old, probs)  # where the client had moved the targets most, first
-            else:
-                targeting = "teacher disagreement"
-                current = softmax(predict_logits(teacher.model, encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len)), temperature=T)
-                ranking = rank_by_divergence(probs, current)
+        if ids is not None and probs is not None:
+            targeting, ranking = _rank_inputs(teacher, data, ids, probs, old, max_len=max_len, temperature=T)
             pick = np.sort(ranking[: budget.teacher_steps * cfg.batch_size])
             result = fit(
-                teacher.model, encode(teacher.tokenizer, data.public_texts(ids[pick]), max_length=max_len), targets=probs[pick],
-                epochs=1, temperature=T, lr=cfg.teacher_lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed,
+                teacher.model,
+                encode(teacher.tokenizer, data.public_texts(ids[pick]), max_length=max_len),
+                targets=probs[pick],
+                epochs=1,
+                temperature=T,
+                lr=cfg.teacher_lr,
+                batch_size=cfg.batch_size,
+                micro_batch_size=cfg.micro_batch_size,
+                seed=seed,
             )
             steps["teacher"] = result.steps
             student_ids = ids[np.sort(ranking[: budget.student_steps * cfg.batch_size])]
         else:
-            student_ids = np.sort(np.random.default_rng(seed).permutation(len(data.public))[: budget.student_steps * cfg.batch_size])
-        texts = data.public_texts(student_ids)
-        corrected = softmax(predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T)
-        result = fit(
-            student.model, encode(student.tokenizer, texts, max_length=max_len), targets=corrected,
-            epochs=1, temperature=T, lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=seed + 1,
+            student_ids = np.sort(
+                np.random.default_rng(seed).permutation(len(data.public))[: budget.student_steps * cfg.batch_size]
+            )
+        steps["student"] = _distill_student(
+            teacher, student, data.public_texts(student_ids), cfg, max_len=max_len, seed=seed + 1
         )
-        steps["student"] = result.steps
-    manifest = {
-        "run_id": run.run_id, "method": FastCorrectionMode.name, "changed": True, "before": before_dir,
-        "output": run.relative(run.request_dir(ctx.request_id)), "rounds_corrected": rounds,
-        "budget": {"teacher_steps": budget.teacher_steps, "student_steps": budget.student_steps}, "targeting": targeting,
-        "teacher": store.hashes(run.config.model.teacher, before_teacher, trainable_state(teacher.model)),
-        "student": store.hashes(run.config.model.student, before_student, trainable_state(student.model)),
-        "optimizer_steps": steps, "seconds": f"{time.perf_counter() - t0:.3f}",
-    }
-    return store.publish(run, ctx.request_id, teacher, student, manifest)
+    return steps, targeting
+
+
+def _rank_inputs(
+    teacher, data, ids: np.ndarray, probs: np.ndarray, old: np.ndarray | None, *, max_len: int, temperature: float
+) -> tuple[str, np.ndarray]:
+    """The targeting used and the positions of ``ids``, the most worth correcting first: by how much the
+    client's removal changed their target, else by the teacher's disagreement with the cleaned consensus."""
+    from nebula.learning.training import encode, predict_logits
+
+    if old is not None and not np.array_equal(old, probs):
+        return "consensus change", rank_by_divergence(old, probs)  # where the client had moved the targets most, first
+    texts = data.public_texts(ids)
+    current = softmax(
+        predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=temperature
+    )
+    return "teacher disagreement", rank_by_divergence(probs, current)
+
+
+def _distill_student(teacher, student, texts: list[str], cfg, *, max_len: int, seed: int) -> int:
+    """One pass of the student over ``texts`` toward the corrected teacher; returns its optimizer steps."""
+    from nebula.learning.training import encode, fit, predict_logits
+
+    T = cfg.temperature
+    corrected = softmax(
+        predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T
+    )
+    result = fit(
+        student.model,
+        encode(student.tokenizer, texts, max_length=max_len),
+        targets=corrected,
+        epochs=1,
+        temperature=T,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        seed=seed,
+    )
+    return result.steps

@@ -2,7 +2,8 @@
 
 Files and learners only; the training is :mod:`nebula.learning.distill_step` and the modes' own modules.
 
-A run folder (``federation.output_dir``, the ledger's folder) holds::
+A run folder (``federation.output_dir``, the ledger's folder; its paths are
+:class:`nebula.common.run_folder.RunFolder`'s) holds::
 
     checkpoints/round-NNN/{teacher,student}.pt                the federation's, after each taught round; never changed
     unlearning/<request_id>/checkpoints/round-NNN/{...}.pt    exact replay's rounds
@@ -30,40 +31,44 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nebula.common.config import ConfigError, NebulaConfig
+from nebula.common.run_folder import RunFolder, adapter_dirs
 from nebula.server.exceptions import LedgerError, UnlearningError
 from nebula.server.ledger import Ledger
 from nebula.server.unlearning.arithmetic import state_sha256
 from nebula.server.unlearning.base import UnlearnContext
 
-CURRENT = "CURRENT"
-MANIFEST = "models.json"
-
 
 @dataclass(frozen=True)
 class RunModels:
-    """The run whose models a run folder holds, and the configuration it was started with."""
+    """The run whose models a run folder holds, and the configuration it was started with.
+
+    A thin wrapper over the folder's :class:`RunFolder` (``paths``): the path methods delegate to it."""
 
     folder: Path
     run_id: str
     config: NebulaConfig
+    paths: RunFolder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        object.__setattr__(self, "paths", RunFolder(self.folder))
 
     def checkpoint(self, round_index: int) -> Path:
-        return self.folder / "checkpoints" / f"round-{round_index:03d}"
+        return self.paths.checkpoint(round_index)
 
     def checkpoint_rounds(self) -> list[int]:
-        found = (p.name for p in (self.folder / "checkpoints").glob("round-*") if (p / "teacher.pt").is_file())
-        return sorted(int(n.removeprefix("round-")) for n in found if n.removeprefix("round-").isdigit())
+        return self.paths.checkpoint_rounds()
 
     def request_dir(self, request_id: str) -> Path:
-        return self.folder / "unlearning" / request_id
+        return self.paths.request_dir(request_id)
 
     def relative(self, path: Path) -> str:
-        return path.relative_to(self.folder).as_posix()
+        return self.paths.relative(path)
 
 
 def open_run(ctx: UnlearnContext) -> RunModels:
@@ -84,11 +89,20 @@ def run_of(ledger: Ledger, folder: Path) -> RunModels:
     return RunModels(Path(folder), run_id, config)
 
 
+def last_finished_round(ledger: Ledger, run: RunModels) -> int:
+    """The last round of ``run`` the ledger holds targets for (0: none): recorded in a request's ``models.json``
+    as ``after_round``, so a restarted federation knows whether the request's models are newer than its last
+    checkpoint without reading file times (server/live_unlearning.py)."""
+    return max(ledger.finished_rounds(run.run_id), default=0)
+
+
 def affected_rounds(ctx: UnlearnContext, run: RunModels) -> list[int]:
     """Rounds of the run whose consensus no longer is what the teacher learnt from: revised by any
     request, or holding a removed contribution of this client (a purge-only request leaves the
     consensus, but the client did reach the teacher there)."""
-    return sorted(set(ctx.ledger.revised_rounds(run.run_id)) | set(ctx.ledger.tombstoned_rounds(run.run_id, ctx.client_id)))
+    return sorted(
+        set(ctx.ledger.revised_rounds(run.run_id)) | set(ctx.ledger.tombstoned_rounds(run.run_id, ctx.client_id))
+    )
 
 
 def load_states(folder: Path) -> tuple[dict, dict]:
@@ -110,12 +124,11 @@ def save_states(folder: Path, teacher: dict, student: dict) -> None:
 
 def current_request_dir(run: RunModels) -> Path | None:
     """The folder of the request ``CURRENT`` names, if its models are complete and of this run, else None."""
-    pointer = run.folder / "unlearning" / CURRENT
-    if not pointer.is_file():
-        return None
-    request_id = pointer.read_text(encoding="utf-8").strip()
-    manifest = finished(run, request_id)
-    return run.request_dir(request_id) if manifest is not None and manifest.get("run_id") == run.run_id else None
+    try:
+        request_id = run.paths.current_request(run.run_id)
+    except ValueError as exc:
+        raise UnlearningError(str(exc)) from exc
+    return None if request_id is None else run.request_dir(request_id)
 
 
 def current_states(run: RunModels) -> tuple[dict, dict, str]:
@@ -125,29 +138,30 @@ def current_states(run: RunModels) -> tuple[dict, dict, str]:
         return (*load_states(folder), run.relative(folder))
     rounds = run.checkpoint_rounds()
     if not rounds:
-        raise UnlearningError(f"{run.folder / 'checkpoints'} holds no round's checkpoint: no models to unlearn from")
+        raise UnlearningError(f"{run.paths.checkpoints} holds no round's checkpoint: no models to unlearn from")
     return (*load_states(run.checkpoint(rounds[-1])), run.relative(run.checkpoint(rounds[-1])))
 
 
 def learners(run: RunModels):
     """``(teacher, student, data)``: the run's learners (this process's cached base models) and data view."""
-    from nebula.learning.models import learner_for
     from nebula.common.federation_data import build_federation_data
+    from nebula.learning.models import learner_for
 
     data = build_federation_data(run.config.data)
     model = run.config.model
-    return learner_for(run.config, model.teacher, data.num_classes), learner_for(run.config, model.student, data.num_classes), data
+    return (
+        learner_for(run.config, model.teacher, data.num_classes),
+        learner_for(run.config, model.student, data.num_classes),
+        data,
+    )
 
 
 def finished(run: RunModels, request_id: str) -> dict[str, Any] | None:
     """The ``models.json`` of a request whose models are complete, else None."""
-    path = run.request_dir(request_id) / MANIFEST
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UnlearningError(f"{path}: unreadable ({exc})") from exc
+        return run.paths.finished_request(request_id)
+    except ValueError as exc:
+        raise UnlearningError(str(exc)) from exc
 
 
 def resume(run: RunModels, request_id: str) -> dict[str, Any] | None:
@@ -155,10 +169,12 @@ def resume(run: RunModels, request_id: str) -> dict[str, Any] | None:
     set as :func:`publish` would have left it (a process killed between the two writes)."""
     manifest = finished(run, request_id)
     if manifest is not None:
-        pointer = run.folder / "unlearning" / CURRENT
+        pointer = run.paths.current_pointer
         named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
-        newer = named and (run.request_dir(named) / MANIFEST).is_file() and \
-            (run.request_dir(named) / MANIFEST).stat().st_mtime_ns > (run.request_dir(request_id) / MANIFEST).stat().st_mtime_ns
+        named_manifest, own_manifest = run.paths.request_manifest(named), run.paths.request_manifest(request_id)
+        newer = (
+            named and named_manifest.is_file() and named_manifest.stat().st_mtime_ns > own_manifest.stat().st_mtime_ns
+        )
         if named != request_id and not newer:
             _write_atomic(pointer, request_id + "\n")
     return manifest
@@ -174,10 +190,11 @@ def publish(run: RunModels, request_id: str, teacher, student, manifest: dict[st
 
     folder = run.request_dir(request_id)
     save_states(folder, trainable_state(teacher.model), trainable_state(student.model))
-    save_adapter(teacher, folder / "models" / "teacher")
-    save_adapter(student, folder / "models" / "global-student")
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    _write_atomic(run.folder / "unlearning" / CURRENT, request_id + "\n")
+    teacher_dir, student_dir = adapter_dirs(run.paths.request_models(request_id))
+    save_adapter(teacher, teacher_dir)
+    save_adapter(student, student_dir)
+    _write_atomic(run.paths.request_manifest(request_id), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_atomic(run.paths.current_pointer, request_id + "\n")
     return manifest
 
 
@@ -185,7 +202,11 @@ def unchanged(run: RunModels, method: str, client_id: str) -> dict[str, Any]:
     """The ``models`` field when the client took no part in the run whose models are on disk."""
     teacher, student, where = current_states(run)
     return {
-        "run_id": run.run_id, "method": method, "changed": False, "before": where, "output": where,
+        "run_id": run.run_id,
+        "method": method,
+        "changed": False,
+        "before": where,
+        "output": where,
         "note": f"{client_id} took no part in run {run.run_id}, whose models this run folder holds: nothing to undo",
         "teacher": hashes(run.config.model.teacher, teacher, teacher),
         "student": hashes(run.config.model.student, student, student),

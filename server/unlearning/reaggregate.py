@@ -44,7 +44,7 @@ class RunSettings:
     min_replies: int
 
     @classmethod
-    def from_flat(cls, flat: dict, *, run_id: str) -> "RunSettings":
+    def from_flat(cls, flat: dict, *, run_id: str) -> RunSettings:
         missing = [k for k in RUN_KEYS if k not in flat]
         if missing:
             raise LedgerError(f"run {run_id}: the stored configuration lacks {missing}; cannot re-aggregate its rounds")
@@ -58,7 +58,9 @@ class RunSettings:
 @register
 class ReaggregateMode(UnlearnMode):
     name: ClassVar[str] = "reaggregate"
-    summary: ClassVar[str] = "purge, then recompute every affected round's consensus without the client; models unchanged"
+    summary: ClassVar[str] = (
+        "purge, then recompute every affected round's consensus without the client; models unchanged"
+    )
 
     def apply(self, ctx: UnlearnContext) -> UnlearnOutcome:
         purge(ctx)
@@ -68,10 +70,14 @@ class ReaggregateMode(UnlearnMode):
                 settings[run_id] = RunSettings.from_flat(ctx.ledger.run_config(run_id), run_id=run_id)
             _revise_round(ctx, run_id, round_index, rule, contributors, settings[run_id])
             ctx.checkpoint(f"reaggregated {run_id}/{round_index}")
-        return UnlearnOutcome(tombstones=ctx.ledger.tombstones(ctx.request_id), revisions=ctx.ledger.consensus_revisions(ctx.request_id))
+        return UnlearnOutcome(
+            tombstones=ctx.ledger.tombstones(ctx.request_id), revisions=ctx.ledger.consensus_revisions(ctx.request_id)
+        )
 
 
-def _revise_round(ctx: UnlearnContext, run_id: str, round_index: int, rule: str, contributors: list[str], settings: RunSettings) -> None:
+def _revise_round(
+    ctx: UnlearnContext, run_id: str, round_index: int, rule: str, contributors: list[str], settings: RunSettings
+) -> None:
     stored = ctx.ledger.consensus(run_id, round_index)
     if stored is None:  # listed a moment ago: only another writer could have removed it
         raise LedgerError(f"run {run_id} round {round_index}: consensus vanished while re-aggregating")
@@ -80,12 +86,23 @@ def _revise_round(ctx: UnlearnContext, run_id: str, round_index: int, rule: str,
     who = [c.client_id for c in remaining]
     support, support_kind = support_matrix(who, ctx.ledger.label_counts(run_id))
     after = recompute_consensus(
-        [c.payload for c in remaining], [c.weight for c in remaining], ids=ids, num_classes=before.shape[1],
-        rule=get_rule(rule), temperature=settings.temperature, min_replies=settings.min_replies, support=support,
+        [c.payload for c in remaining],
+        [c.weight for c in remaining],
+        ids=ids,
+        num_classes=before.shape[1],
+        rule=get_rule(rule),
+        temperature=settings.temperature,
+        min_replies=settings.min_replies,
+        support=support,
     )
     revision = ConsensusRevision(
-        request_id=ctx.request_id, run_id=run_id, round=round_index, before_sha256=consensus_sha256(ids, before),
-        after_sha256=None if after is None else consensus_sha256(ids, after), contributors_before=sorted(contributors),
-        contributors_after=sorted(who) if after is not None else [], support=support_kind,
+        request_id=ctx.request_id,
+        run_id=run_id,
+        round=round_index,
+        before_sha256=consensus_sha256(ids, before),
+        after_sha256=None if after is None else consensus_sha256(ids, after),
+        contributors_before=sorted(contributors),
+        contributors_after=sorted(who) if after is not None else [],
+        support=support_kind,
     )
     ctx.ledger.revise_consensus(revision, consensus_ids=ids, consensus=after)

@@ -41,7 +41,9 @@ def get_mode(name: str) -> UnlearnMode:
     try:
         return _MODES[name]()
     except KeyError:
-        raise InvalidUnlearnRequest(f"unknown unlearning mode {name!r}; available: {', '.join(available_modes())}") from None
+        raise InvalidUnlearnRequest(
+            f"unknown unlearning mode {name!r}; available: {', '.join(available_modes())}"
+        ) from None
 
 
 def available_modes() -> tuple[str, ...]:

@@ -25,13 +25,15 @@ consensus in float32 and the server sent the teacher the log of its float64 form
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nebula.common.probabilities import merge_consensus, teacher_targets
+from nebula.common.run_folder import CHECKPOINT_NAMES, checkpoint_file, round_checkpoint
 from nebula.server.exceptions import UnlearningError
 from nebula.server.ledger import Ledger
 from nebula.server.unlearning import models as store
@@ -68,8 +70,14 @@ class Replay:
     steps: dict[str, int]
 
 
-def replay_rounds(ledger: Ledger, run: store.RunModels, *, first_round: int, out: Path,
-                  on_round: Callable[[int], None] = lambda r: None) -> Replay:
+def replay_rounds(
+    ledger: Ledger,
+    run: store.RunModels,
+    *,
+    first_round: int,
+    out: Path,
+    on_round: Callable[[int], None] = lambda r: None,
+) -> Replay:
     """Restore the models of the last round taught before ``first_round`` and teach every stored round
     from ``first_round`` on again from the ledger's consensus, each round's states written to
     ``out/round-NNN/{teacher,student}.pt``. With nothing removed, this reproduces the run's own
@@ -82,8 +90,10 @@ def replay_rounds(ledger: Ledger, run: store.RunModels, *, first_round: int, out
     earlier = [r for r in taught if r < first_round]
     if earlier:
         restore = run.checkpoint(earlier[-1])
-        if not (restore / "teacher.pt").is_file():
-            raise UnlearningError(f"run {run.run_id}: round {earlier[-1]} was taught but {restore} holds no checkpoint to restore")
+        if not checkpoint_file(restore, CHECKPOINT_NAMES[0]).is_file():
+            raise UnlearningError(
+                f"run {run.run_id}: round {earlier[-1]} was taught but {restore} holds no checkpoint to restore"
+            )
         teacher_state, student_state = store.load_states(restore)
         restored_from = run.relative(restore)
     else:
@@ -99,9 +109,17 @@ def replay_rounds(ledger: Ledger, run: store.RunModels, *, first_round: int, out
         ids, probs = merge_consensus(ids, probs, round_ids, teacher_targets(consensus))
         if r < first_round:
             continue  # taught before the restored checkpoint: only its targets are gathered again
-        step = teach_step(teacher, student, data, run.config, gathered_ids=ids, gathered_probs=probs, round_ids=round_ids,
-                          seed=round_seed(run.config, r))
-        store.save_states(out / f"round-{r:03d}", trainable_state(teacher.model), trainable_state(student.model))
+        step = teach_step(
+            teacher,
+            student,
+            data,
+            run.config,
+            gathered_ids=ids,
+            gathered_probs=probs,
+            round_ids=round_ids,
+            seed=round_seed(run.config, r),
+        )
+        store.save_states(round_checkpoint(out, r), trainable_state(teacher.model), trainable_state(student.model))
         result.rounds.append(r)
         result.steps["teacher"] += step.teacher_fit.steps
         result.steps["student"] += step.student_fit.steps
@@ -118,13 +136,25 @@ def replay(ctx: UnlearnContext, run: store.RunModels) -> dict[str, Any]:
         return store.unchanged(run, ExactReplayMode.name, ctx.client_id)
     t0 = time.perf_counter()
     before_teacher, before_student, before = store.current_states(run)
-    done = replay_rounds(ctx.ledger, run, first_round=affected[0], out=run.request_dir(ctx.request_id) / "checkpoints",
-                         on_round=lambda r: ctx.checkpoint(f"replayed round {r}"))
+    done = replay_rounds(
+        ctx.ledger,
+        run,
+        first_round=affected[0],
+        out=run.paths.request_checkpoints(ctx.request_id),
+        on_round=lambda r: ctx.checkpoint(f"replayed round {r}"),
+    )
     manifest = {
-        "run_id": run.run_id, "method": ExactReplayMode.name, "changed": True, "before": before,
-        "output": run.relative(run.request_dir(ctx.request_id)), "restored_from": done.restored_from, "rounds_replayed": done.rounds,
+        "run_id": run.run_id,
+        "after_round": store.last_finished_round(ctx.ledger, run),
+        "method": ExactReplayMode.name,
+        "changed": True,
+        "before": before,
+        "output": run.relative(run.request_dir(ctx.request_id)),
+        "restored_from": done.restored_from,
+        "rounds_replayed": done.rounds,
         "teacher": store.hashes(run.config.model.teacher, before_teacher, trainable_state(done.teacher.model)),
         "student": store.hashes(run.config.model.student, before_student, trainable_state(done.student.model)),
-        "optimizer_steps": done.steps, "seconds": f"{time.perf_counter() - t0:.3f}",
+        "optimizer_steps": done.steps,
+        "seconds": f"{time.perf_counter() - t0:.3f}",
     }
     return store.publish(run, ctx.request_id, done.teacher, done.student, manifest)

@@ -20,10 +20,16 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from nebula.server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest, UnlearningError
+from nebula.server.exceptions import (
+    IdempotencyConflict,
+    InvalidUnlearnRequest,
+    ReplayedRequest,
+    UnknownRequest,
+    UnlearningError,
+)
 from nebula.server.ledger import connect_sqlite, write_transaction
 from nebula.server.unlearning.crypto import canonical_json
 
@@ -71,7 +77,7 @@ def iso_time(ts: float | None) -> str:
     """``2026-05-01T12:00:00.000Z`` (UTC), or ``""`` for None."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def content_sha256(*, client_id: str, reason: str, mode: str) -> str:
@@ -104,7 +110,14 @@ class RequestStore:
         self._db.close()
 
     def submit(
-        self, *, client_id: str, reason: str, mode: str, idempotency_key: str, operator_key: str, nonce: str | None = None
+        self,
+        *,
+        client_id: str,
+        reason: str,
+        mode: str,
+        idempotency_key: str,
+        operator_key: str,
+        nonce: str | None = None,
     ) -> tuple[UnlearnRequest, bool]:
         """Store a new request, or find the one ``idempotency_key`` already names.
 
@@ -116,11 +129,16 @@ class RequestStore:
         with write_transaction(self._db, what="store the unlearning request", error=UnlearningError) as db:
             if nonce is not None:
                 db.execute("DELETE FROM unlearn_nonces WHERE seen_at < ?", (now - self.nonce_retention_s,))
-                if db.execute("SELECT 1 FROM unlearn_nonces WHERE operator_key = ? AND nonce = ?", (operator_key, nonce)).fetchone():
-                    raise ReplayedRequest(f"replayed request: nonce {nonce!r} of operator key {operator_key} was already used")
+                if db.execute(
+                    "SELECT 1 FROM unlearn_nonces WHERE operator_key = ? AND nonce = ?", (operator_key, nonce)
+                ).fetchone():
+                    raise ReplayedRequest(
+                        f"replayed request: nonce {nonce!r} of operator key {operator_key} was already used"
+                    )
                 db.execute("INSERT INTO unlearn_nonces VALUES (?, ?, ?)", (operator_key, nonce, now))
             row = db.execute(
-                f"SELECT content_sha256, {_COLUMNS} FROM unlearn_requests WHERE operator_key = ? AND idempotency_key = ?",
+                f"SELECT content_sha256, {_COLUMNS} FROM unlearn_requests"
+                " WHERE operator_key = ? AND idempotency_key = ?",
                 (operator_key, idempotency_key),
             ).fetchone()
             if row is not None:
@@ -134,14 +152,16 @@ class RequestStore:
                 return existing, False
             request_id = uuid.uuid4().hex
             db.execute(
-                "INSERT INTO unlearn_requests (request_id, operator_key, idempotency_key, content_sha256, client_id, reason, mode,"
-                " status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                "INSERT INTO unlearn_requests (request_id, operator_key, idempotency_key, content_sha256, client_id,"
+                " reason, mode, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
                 (request_id, operator_key, idempotency_key, digest, client_id, reason, mode, now),
             )
         return self.get(request_id), True
 
     def get(self, request_id: str) -> UnlearnRequest:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM unlearn_requests WHERE request_id = ?", (request_id,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM unlearn_requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
         if row is None:
             raise UnknownRequest(f"no unlearning request has id {request_id!r}")
         return UnlearnRequest(*row)
@@ -152,7 +172,8 @@ class RequestStore:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM unlearn_requests {where} ORDER BY created_at DESC, request_id LIMIT ?", (*args, limit)
+            f"SELECT {_COLUMNS} FROM unlearn_requests {where} ORDER BY created_at DESC, request_id LIMIT ?",
+            (*args, limit),
         ).fetchall()
         return [UnlearnRequest(*row) for row in rows]
 
@@ -169,7 +190,11 @@ class RequestStore:
         return self.get(request_id)
 
     def mark_done(self, request_id: str, certificate_json: str) -> UnlearnRequest:
-        self._update(request_id, "status = 'done', finished_at = ?, error = '', certificate_json = ?", (time.time(), certificate_json))
+        self._update(
+            request_id,
+            "status = 'done', finished_at = ?, error = '', certificate_json = ?",
+            (time.time(), certificate_json),
+        )
         return self.get(request_id)
 
     def mark_failed(self, request_id: str, error: str) -> UnlearnRequest:
@@ -178,5 +203,10 @@ class RequestStore:
 
     def _update(self, request_id: str, assignments: str, args: tuple) -> None:
         with write_transaction(self._db, what=f"update unlearning request {request_id}", error=UnlearningError) as db:
-            if db.execute(f"UPDATE unlearn_requests SET {assignments} WHERE request_id = ?", (*args, request_id)).rowcount != 1:
+            if (
+                db.execute(
+                    f"UPDATE unlearn_requests SET {assignments} WHERE request_id = ?", (*args, request_id)
+                ).rowcount
+                != 1
+            ):
                 raise UnknownRequest(f"no unlearning request has id {request_id!r}")

@@ -27,15 +27,22 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
+from nebula.common.run_folder import RunFolder
 from nebula.server.exceptions import (
-    IdempotencyConflict, InvalidUnlearnRequest, MissingSignature, OperatorAuthError, UnknownClient, UnknownRequest, UnlearningError,
+    IdempotencyConflict,
+    InvalidUnlearnRequest,
+    MissingSignature,
+    OperatorAuthError,
+    UnknownClient,
+    UnknownRequest,
+    UnlearningError,
 )
 from nebula.server.ledger import Ledger
 from nebula.server.unlearning.auth import CallAuth, TrustedOperators, call_fields, check_call
@@ -75,7 +82,7 @@ class ServeConfig:
     window_s: float = 300.0  # accepted distance between a call's timestamp and the server's clock
     live_run: bool = False  # True: no worker thread; the federation calls run_pending between rounds
 
-    def validate(self) -> "ServeConfig":
+    def validate(self) -> ServeConfig:
         for name in ("ledger", "operators", "signing_key", "tls_cert", "tls_key"):
             if not Path(getattr(self, name)).exists():
                 raise ValueError(f"{name}: {getattr(self, name)} does not exist")
@@ -90,7 +97,7 @@ def _answers(method: Callable) -> Callable:
     """Turn the unlearning errors a handler raises into gRPC status codes with their message."""
 
     @functools.wraps(method)
-    def handler(self: "UnlearningServicer", request: object, context: grpc.ServicerContext) -> object:
+    def handler(self: UnlearningServicer, request: object, context: grpc.ServicerContext) -> object:
         try:
             with self.lock:
                 return method(self, request, context)
@@ -105,24 +112,48 @@ def _answers(method: Callable) -> Callable:
 def _auth(message: pb.OperatorAuth, present: bool) -> CallAuth | None:
     if not present:
         return None
-    return CallAuth(key_id=message.key_id, timestamp_ms=message.timestamp_ms, nonce=message.nonce, signature=message.signature)
+    return CallAuth(
+        key_id=message.key_id, timestamp_ms=message.timestamp_ms, nonce=message.nonce, signature=message.signature
+    )
 
 
 def to_status(request: UnlearnRequest) -> pb.RequestStatus:
     return pb.RequestStatus(
-        request_id=request.request_id, client_id=request.client_id, mode=request.mode, reason=request.reason,
-        status=request.status, error=request.error, operator_key=request.operator_key, idempotency_key=request.idempotency_key,
-        created_at=iso_time(request.created_at), started_at=iso_time(request.started_at), finished_at=iso_time(request.finished_at),
-        attempts=request.attempts, certificate_json=request.certificate_json,
+        request_id=request.request_id,
+        client_id=request.client_id,
+        mode=request.mode,
+        reason=request.reason,
+        status=request.status,
+        error=request.error,
+        operator_key=request.operator_key,
+        idempotency_key=request.idempotency_key,
+        created_at=iso_time(request.created_at),
+        started_at=iso_time(request.started_at),
+        finished_at=iso_time(request.finished_at),
+        attempts=request.attempts,
+        certificate_json=request.certificate_json,
     )
 
 
 class UnlearningServicer(pb_grpc.UnlearningServicer):
     """The three calls. Handlers run one at a time (``lock``): the store and the ledger are SQLite."""
 
-    def __init__(self, *, store: RequestStore, ledger: Ledger, operators: TrustedOperators, window_s: float,
-                 on_stored: Callable[[], None]) -> None:
-        self.store, self.ledger, self.operators, self.window_s, self.on_stored = store, ledger, operators, window_s, on_stored
+    def __init__(
+        self,
+        *,
+        store: RequestStore,
+        ledger: Ledger,
+        operators: TrustedOperators,
+        window_s: float,
+        on_stored: Callable[[], None],
+    ) -> None:
+        self.store, self.ledger, self.operators, self.window_s, self.on_stored = (
+            store,
+            ledger,
+            operators,
+            window_s,
+            on_stored,
+        )
         self.lock = threading.Lock()
 
     def _operator(self, method: str, request: object) -> CallAuth:
@@ -133,16 +164,31 @@ class UnlearningServicer(pb_grpc.UnlearningServicer):
     @_answers
     def SubmitUnlearn(self, request: pb.SubmitUnlearnRequest, context: grpc.ServicerContext) -> pb.SubmitUnlearnReply:
         auth = self._operator("SubmitUnlearn", request)
-        check_submission(client_id=request.client_id, reason=request.reason, mode=request.mode,
-                         idempotency_key=request.idempotency_key, modes=available_modes())
+        check_submission(
+            client_id=request.client_id,
+            reason=request.reason,
+            mode=request.mode,
+            idempotency_key=request.idempotency_key,
+            modes=available_modes(),
+        )
         if not self.ledger.knows_client(request.client_id):
             raise UnknownClient(f"client {request.client_id!r} never took part in a run of this ledger")
         stored, created = self.store.submit(
-            client_id=request.client_id, reason=request.reason, mode=request.mode, idempotency_key=request.idempotency_key,
-            operator_key=auth.key_id, nonce=auth.nonce,
+            client_id=request.client_id,
+            reason=request.reason,
+            mode=request.mode,
+            idempotency_key=request.idempotency_key,
+            operator_key=auth.key_id,
+            nonce=auth.nonce,
         )
-        log.info("unlearning request %s %s: %s client %s by %s", stored.request_id, "stored" if created else "found again",
-                 stored.mode, stored.client_id, auth.key_id)
+        log.info(
+            "unlearning request %s %s: %s client %s by %s",
+            stored.request_id,
+            "stored" if created else "found again",
+            stored.mode,
+            stored.client_id,
+            auth.key_id,
+        )
         if created:
             self.on_stored()
         return pb.SubmitUnlearnReply(request_id=stored.request_id, status=stored.status, created=created)
@@ -160,7 +206,9 @@ class UnlearningServicer(pb_grpc.UnlearningServicer):
         if request.status and request.status not in STATUSES:
             raise InvalidUnlearnRequest(f"status must be empty or one of {', '.join(STATUSES)}, got {request.status!r}")
         if not 0 <= request.limit <= MAX_LIST_LIMIT:
-            raise InvalidUnlearnRequest(f"limit must be in [0, {MAX_LIST_LIMIT}] (0: {DEFAULT_LIST_LIMIT}), got {request.limit}")
+            raise InvalidUnlearnRequest(
+                f"limit must be in [0, {MAX_LIST_LIMIT}] (0: {DEFAULT_LIST_LIMIT}), got {request.limit}"
+            )
         found = self.store.list(status=request.status or None, limit=request.limit or DEFAULT_LIST_LIMIT)
         return pb.ListRequestsReply(requests=[to_status(r) for r in found])
 
@@ -173,14 +221,19 @@ class UnlearningServer:
         store_path = config.store or config.ledger
         operators = TrustedOperators(config.operators)
         self.executor = Executor(
-            ledger=Ledger(config.ledger), store=RequestStore(store_path, nonce_retention_s=2 * config.window_s),
-            signing_key=load_private_key(config.signing_key), checkpoint=checkpoint,
-            certificates_dir=config.certificates_dir or Path(config.ledger).parent / "certificates",
+            ledger=Ledger(config.ledger),
+            store=RequestStore(store_path, nonce_retention_s=2 * config.window_s),
+            signing_key=load_private_key(config.signing_key),
+            checkpoint=checkpoint,
+            certificates_dir=config.certificates_dir or RunFolder(Path(config.ledger).parent).certificates,
         )
         self._wake, self._stop = threading.Event(), threading.Event()
         self.servicer = UnlearningServicer(
-            store=RequestStore(store_path, nonce_retention_s=2 * config.window_s), ledger=Ledger(config.ledger),
-            operators=operators, window_s=config.window_s, on_stored=self._wake.set,
+            store=RequestStore(store_path, nonce_retention_s=2 * config.window_s),
+            ledger=Ledger(config.ledger),
+            operators=operators,
+            window_s=config.window_s,
+            on_stored=self._wake.set,
         )
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_UnlearningServicer_to_server(self.servicer, self._grpc)
@@ -189,7 +242,9 @@ class UnlearningServer:
 
     def start(self) -> int:
         """Bind, start serving and (unless live_run) start the worker; returns the bound port."""
-        creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())])
+        creds = grpc.ssl_server_credentials(
+            [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
+        )
         address = f"{self.config.host}:{self.config.port}"
         try:
             self.port = self._grpc.add_secure_port(address, creds)
@@ -220,7 +275,7 @@ class UnlearningServer:
                     log.info("run %s is live: it carries out the stored requests between rounds", live)
                     continue
                 self.executor.run_pending()
-            except Exception:  # noqa: BLE001 - keep serving; the request stays running and is resumed
+            except Exception:
                 log.exception("unlearning worker: run_pending failed")
 
     def wait(self) -> None:

@@ -75,7 +75,9 @@ def rank_auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def mia_auc(member_logits: np.ndarray, member_labels: np.ndarray, nonmember_logits: np.ndarray, nonmember_labels: np.ndarray) -> float:
+def mia_auc(
+    member_logits: np.ndarray, member_labels: np.ndarray, nonmember_logits: np.ndarray, nonmember_labels: np.ndarray
+) -> float:
     """AUC of the loss attack: score ``-cross_entropy``, members against non-members."""
     return rank_auc(-cross_entropy(member_logits, member_labels), -cross_entropy(nonmember_logits, nonmember_labels))
 
@@ -90,13 +92,20 @@ def verification_row(logits: Mapping[str, np.ndarray], labels: Mapping[str, np.n
         "acc_forgotten": accuracy(logits["forgotten"], labels["forgotten"]),
         "acc_others": accuracy(logits["others"], labels["others"]),
         "acc_test": accuracy(logits["test"], labels["test"]),
-        "mia_auc": mia_auc(logits["forgotten"], labels["forgotten"], logits["forgotten_holdout"], labels["forgotten_holdout"]),
+        "mia_auc": mia_auc(
+            logits["forgotten"], labels["forgotten"], logits["forgotten_holdout"], labels["forgotten_holdout"]
+        ),
     }
 
 
 def gap_intervals(
-    logits: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
-    *, draws: int = 1000, seed: int = 0, level: float = 0.95,
+    logits: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
     """Paired bootstrap intervals of the gaps of one model against the reference model.
 
@@ -123,8 +132,10 @@ def gap_intervals(
         acc_gaps[d] = 100.0 * (right["m"][i].mean() - right["r"][i].mean())
         auc_gaps[d] = rank_auc(score_in["m"][i], score_out["m"][j]) - rank_auc(score_in["r"][i], score_out["r"][j])
     tail = 100.0 * (1.0 - level) / 2.0
-    return {name: (float(np.percentile(g, tail)), float(np.percentile(g, 100.0 - tail)))
-            for name, g in (("d_acc_forgotten", acc_gaps), ("d_mia_auc", auc_gaps))}
+    return {
+        name: (float(np.percentile(g, tail)), float(np.percentile(g, 100.0 - tail)))
+        for name, g in (("d_acc_forgotten", acc_gaps), ("d_mia_auc", auc_gaps))
+    }
 
 
 def verification_rows(
@@ -157,26 +168,40 @@ def verification_rows(
     for (variant, model), row in figures.items():
         ref = figures.get((reference, model))
         own, ref_s = seconds.get(variant), seconds.get(reference)
-        ci = (gap_intervals(logits[variant][model], logits[reference][model], labels)
-              if ref is not None and variant != reference else {})
-        rows.append({
-            "variant": variant, "model": model, **row,
-            "d_acc_forgotten": None if ref is None else 100.0 * (row["acc_forgotten"] - ref["acc_forgotten"]),
-            "d_acc_forgotten_ci": ci.get("d_acc_forgotten"),
-            "d_mia_auc": None if ref is None else row["mia_auc"] - ref["mia_auc"],
-            "d_mia_auc_ci": ci.get("d_mia_auc"),
-            "seconds": own,
-            "speedup": ref_s / own if own and ref_s is not None and variant != reference else None,
-        })
+        ci = (
+            gap_intervals(logits[variant][model], logits[reference][model], labels)
+            if ref is not None and variant != reference
+            else {}
+        )
+        rows.append(
+            {
+                "variant": variant,
+                "model": model,
+                **row,
+                "d_acc_forgotten": None if ref is None else 100.0 * (row["acc_forgotten"] - ref["acc_forgotten"]),
+                "d_acc_forgotten_ci": ci.get("d_acc_forgotten"),
+                "d_mia_auc": None if ref is None else row["mia_auc"] - ref["mia_auc"],
+                "d_mia_auc_ci": ci.get("d_mia_auc"),
+                "seconds": own,
+                "speedup": ref_s / own if own and ref_s is not None and variant != reference else None,
+            }
+        )
     return rows
 
 
 COLUMNS = (
-    ("variant", "variant", "{}"), ("model", "model", "{}"), ("acc_forgotten", "forgotten acc", "{:.1%}"),
-    ("acc_others", "others acc", "{:.1%}"), ("acc_test", "test acc", "{:.1%}"), ("mia_auc", "MIA AUC", "{:.3f}"),
-    ("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"), ("d_acc_forgotten_ci", "95% interval", "[{:+.1f}, {:+.1f}]"),
-    ("d_mia_auc", "gap AUC", "{:+.3f}"), ("d_mia_auc_ci", "95% interval", "[{:+.3f}, {:+.3f}]"),
-    ("seconds", "seconds", "{:.1f}"), ("speedup", "x faster than retraining", "{:.1f}"),
+    ("variant", "variant", "{}"),
+    ("model", "model", "{}"),
+    ("acc_forgotten", "forgotten acc", "{:.1%}"),
+    ("acc_others", "others acc", "{:.1%}"),
+    ("acc_test", "test acc", "{:.1%}"),
+    ("mia_auc", "MIA AUC", "{:.3f}"),
+    ("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"),
+    ("d_acc_forgotten_ci", "95% interval", "[{:+.1f}, {:+.1f}]"),
+    ("d_mia_auc", "gap AUC", "{:+.3f}"),
+    ("d_mia_auc_ci", "95% interval", "[{:+.3f}, {:+.3f}]"),
+    ("seconds", "seconds", "{:.1f}"),
+    ("speedup", "x faster than retraining", "{:.1f}"),
 )
 
 

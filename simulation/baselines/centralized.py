@@ -18,6 +18,13 @@ def run(config: NebulaConfig) -> BaselineResult:
     curve = []
     enc = encoded(learner, data, pooled, max_len)
     for r in range(config.federation.rounds):
-        fit(learner.model, enc, labels=data.labels(pooled), epochs=config.train.local_epochs, seed=config.data.seed + r, **train_kwargs(config))
+        fit(
+            learner.model,
+            enc,
+            labels=data.labels(pooled),
+            epochs=config.train.local_epochs,
+            seed=config.data.seed + r,
+            **train_kwargs(config),
+        )
         curve.append(evaluate(learner, data, data.test, max_len))
     return BaselineResult("centralized", student_acc=curve[-1], seconds=time.perf_counter() - t0, curve=curve)

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nebula.learning.models import learner_for
 from nebula.common.config import NebulaConfig
 from nebula.common.federation_data import FederationData
-from nebula.learning.models import Learner, load_trainable_state
+from nebula.learning.models import Learner, learner_for, load_trainable_state
 from nebula.learning.training import Encoded, accuracy, encode, predict_logits
 
 

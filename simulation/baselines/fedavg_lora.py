@@ -28,8 +28,12 @@ def run(config: NebulaConfig) -> BaselineResult:
         for index, split in enumerate(data.clients):
             load_trainable_state(learner.model, global_state)
             fit(
-                learner.model, encs[index], labels=data.labels(split.train), epochs=config.train.local_epochs,
-                seed=config.data.seed * 1000 + r * 10 + index, **train_kwargs(config),
+                learner.model,
+                encs[index],
+                labels=data.labels(split.train),
+                epochs=config.train.local_epochs,
+                seed=config.data.seed * 1000 + r * 10 + index,
+                **train_kwargs(config),
             )
             states.append(trainable_state(learner.model))
             weights.append(float(len(split.train)))
@@ -40,7 +44,13 @@ def run(config: NebulaConfig) -> BaselineResult:
     own = [evaluate(learner, data, c.holdout, max_len) for c in data.clients]
     nbytes = float(state_nbytes(global_state))
     return BaselineResult(
-        "fedavg-lora", mean_client_acc=curve[-1], min_client_acc=curve[-1], mean_client_acc_own=float(np.nanmean(own)),
-        student_acc=curve[-1], bytes_up_per_client=nbytes, bytes_down_per_client=nbytes,
-        seconds=time.perf_counter() - t0, curve=curve,
+        "fedavg-lora",
+        mean_client_acc=curve[-1],
+        min_client_acc=curve[-1],
+        mean_client_acc_own=float(np.nanmean(own)),
+        student_acc=curve[-1],
+        bytes_up_per_client=nbytes,
+        bytes_down_per_client=nbytes,
+        seconds=time.perf_counter() - t0,
+        curve=curve,
     )

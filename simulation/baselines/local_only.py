@@ -19,12 +19,19 @@ def run(config: NebulaConfig) -> BaselineResult:
     for index, split in enumerate(data.clients):
         learner = fresh_learner(config, data)
         fit(
-            learner.model, encoded(learner, data, split.train, max_len), labels=data.labels(split.train),
-            epochs=config.federation.rounds * config.train.local_epochs, seed=config.data.seed + index, **train_kwargs(config),
+            learner.model,
+            encoded(learner, data, split.train, max_len),
+            labels=data.labels(split.train),
+            epochs=config.federation.rounds * config.train.local_epochs,
+            seed=config.data.seed + index,
+            **train_kwargs(config),
         )
         acc_global.append(evaluate(learner, data, data.test, max_len))
         acc_own.append(evaluate(learner, data, split.holdout, max_len))
     return BaselineResult(
-        "local-only", mean_client_acc=float(np.mean(acc_global)), min_client_acc=float(np.min(acc_global)),
-        mean_client_acc_own=float(np.nanmean(acc_own)), seconds=time.perf_counter() - t0,
+        "local-only",
+        mean_client_acc=float(np.mean(acc_global)),
+        min_client_acc=float(np.min(acc_global)),
+        mean_client_acc_own=float(np.nanmean(acc_own)),
+        seconds=time.perf_counter() - t0,
     )

@@ -8,8 +8,20 @@ from nebula.cli.main import main
 @pytest.fixture(scope="module")
 def cli_export(tmp_path_factory, adapter_dir, pruned_corpus):
     out = tmp_path_factory.mktemp("cli") / "edge"
-    rc = main(["export", str(adapter_dir), "--out", str(out), "--target", "cpu-int8", "--labels", "neg,neu,pos",
-               "--prune-vocab-from", str(pruned_corpus)])
+    rc = main(
+        [
+            "export",
+            str(adapter_dir),
+            "--out",
+            str(out),
+            "--target",
+            "cpu-int8",
+            "--labels",
+            "neg,neu,pos",
+            "--prune-vocab-from",
+            str(pruned_corpus),
+        ]
+    )
     return rc, out
 
 

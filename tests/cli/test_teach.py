@@ -1,4 +1,7 @@
-"""`nebula teach` names what is wrong with its input and writes nothing (the training itself: tests/simulation/test_teach.py)."""
+"""`nebula teach` names what is wrong with its input and writes nothing.
+
+The training itself: tests/simulation/test_teach.py.
+"""
 
 from nebula.cli.main import main
 

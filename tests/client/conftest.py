@@ -11,8 +11,8 @@ from nebula.common.config import NebulaConfig
 @pytest.fixture(scope="session")
 def tweets_export(tmp_path_factory):
     """An fp32 export of an untrained MiniLM-L3 LoRA adapter with the 3 tweet labels (base: the minilm-l3 cache)."""
-    from nebula.learning.models import LoraSpec, load_learner, save_adapter
     from nebula.deploy.export.export import ExportConfig, export_adapter
+    from nebula.learning.models import LoraSpec, load_learner, save_adapter
 
     learner = load_learner("minilm-l3", num_labels=3, lora=LoraSpec(), seed=0)
     adapter = save_adapter(learner, tmp_path_factory.mktemp("adapter") / "student")
@@ -21,11 +21,12 @@ def tweets_export(tmp_path_factory):
     return out
 
 
-
-
 @pytest.fixture()
 def make_request():
-    """``make_request(config, message_type, fields, student=False)``: a server message as server/federation.py builds it."""
+    """``make_request(config, message_type, fields, student=False)``.
+
+    It builds a server message as server/federation.py builds it.
+    """
 
     def build(config: NebulaConfig, message_type: str, fields: dict | None = None, *, student: bool = False) -> Message:
         content = RecordDict({keys.CONFIG: ConfigRecord(config.to_flat()), keys.ROUND: ConfigRecord(fields or {})})

@@ -19,7 +19,11 @@ TEACHER = 3
             {},
             NodeIdentity(keys.ROLE_INFERENCE, 2, "phone-7", "/opt/x"),
         ),
-        ({"partition-id": 2, "export-dir": "/opt/x"}, {2: "exports/a"}, NodeIdentity(keys.ROLE_INFERENCE, 2, "client-2", "/opt/x")),
+        (
+            {"partition-id": 2, "export-dir": "/opt/x"},
+            {2: "exports/a"},
+            NodeIdentity(keys.ROLE_INFERENCE, 2, "client-2", "/opt/x"),
+        ),
         ({"partition-id": 2, "role": "client"}, {2: "exports/a"}, NodeIdentity(keys.ROLE_CLIENT, 2, "client-2")),
     ],
 )
@@ -34,7 +38,11 @@ def test_roles_from_node_config_or_the_run_config(make_context, node_config, exp
         ({"partition-id": "x"}, {}, "partition-id='x' is not an integer"),
         ({"partition-id": 0, "role": "phone"}, {}, "role='phone'; expected one of 'client', 'teacher', 'inference'"),
         ({"partition-id": 0, "role": "inference"}, {}, "role='inference' needs 'export-dir'"),
-        ({"partition-id": TEACHER}, {TEACHER: "exports/a"}, "inference_clients names partition 3, which is the teacher's"),
+        (
+            {"partition-id": TEACHER},
+            {TEACHER: "exports/a"},
+            "inference_clients names partition 3, which is the teacher's",
+        ),
     ],
 )
 def test_bad_identity_names_the_field(make_context, node_config, exports, message):

@@ -11,7 +11,7 @@ import pytest
 from nebula.client import app as client_app
 from nebula.common import keys
 from nebula.common.presets import preset_config
-from nebula.common.wire import decode_logits
+from nebula.common.wire import decode_logits, encode_logits
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,12 @@ def worker(tmp_path_factory):
     sock, log = folder / "node.sock", folder / "worker.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "nebula.cli.main", "worker", "--socket", str(sock)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nebula.cli.main", "worker", "--socket", str(sock)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 120
     while not (sock.exists() and sock.with_name("node.sock.key").exists()) and time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
@@ -40,7 +45,10 @@ def test_a_round_is_computed_by_the_worker_and_the_state_comes_back(worker, make
     context = make_context(_node(sock))
     ids = list(range(8))
     reply = client_app.train_round(
-        make_request(config, keys.MSG_ROUND, {keys.ROUND_INDEX: 1, keys.QUERY_IDS: ids, keys.CLASS_COUNTS: [30, 30, 30]}), context
+        make_request(
+            config, keys.MSG_ROUND, {keys.ROUND_INDEX: 1, keys.QUERY_IDS: ids, keys.CLASS_COUNTS: [30, 30, 30]}
+        ),
+        context,
     )
     assert not reply.has_error(), reply.error
     decoded = decode_logits(reply.content.config_records[keys.REPLY][keys.LOGITS_BLOB], num_classes=3)
@@ -51,8 +59,13 @@ def test_a_round_is_computed_by_the_worker_and_the_state_comes_back(worker, make
 
 def test_a_bad_request_gets_the_handlers_error_reply(worker, make_request, make_context):
     sock, log = worker
-    reply = client_app.teach(make_request(preset_config("smoke"), keys.MSG_TEACH, {keys.ROUND_INDEX: 1}), make_context(_node(sock)))
+    fields = {keys.ROUND_INDEX: 1, keys.CONSENSUS_BLOB: encode_logits(np.arange(4), np.zeros((4, 3), np.float32))}
+    reply = client_app.teach(make_request(preset_config("smoke"), keys.MSG_TEACH, fields), make_context(_node(sock)))
     assert reply.has_error() and "sent to edge client client-0" in reply.error.reason
+    malformed = client_app.teach(
+        make_request(preset_config("smoke"), keys.MSG_TEACH, {keys.ROUND_INDEX: 1}), make_context(_node(sock))
+    )
+    assert malformed.has_error() and "'consensus' is missing" in malformed.error.reason
 
 
 def test_without_a_worker_the_clientapp_handles_the_message(tmp_path, make_request, make_context, caplog):

@@ -39,7 +39,12 @@ def test_bad_values_name_the_field(flat, message):
 
 def test_student_overrides_per_client():
     config = NebulaConfig.from_flat({"model.student_overrides": "1:minilm-l6, 3:/models/x"})
-    assert [config.model.student_for_client(i) for i in range(4)] == ["minilm-l3", "minilm-l6", "minilm-l3", "/models/x"]
+    assert [config.model.student_for_client(i) for i in range(4)] == [
+        "minilm-l3",
+        "minilm-l6",
+        "minilm-l3",
+        "/models/x",
+    ]
 
 
 def test_inference_clients_parse_to_export_folders():

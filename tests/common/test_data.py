@@ -88,12 +88,14 @@ BAD_FILES = [
     ("not_obj.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', {}, r"not_obj\.jsonl:2: expected a JSON object"),
     ("no_key.jsonl", '{"text": "a", "label": 1}\n{"label": 0}\n', {}, r"no_key\.jsonl:2: missing key 'text'"),
     (
-        "null_label.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n',
+        "null_label.jsonl",
+        '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n',
         {},
         r"null_label\.jsonl:2: missing label",
     ),
     (
-        "float_label.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0.5}\n',
+        "float_label.jsonl",
+        '{"text": "a", "label": 1}\n{"text": "b", "label": 0.5}\n',
         {},
         r"float_label\.jsonl:2: label 0\.5 in .label. is not a string",
     ),

@@ -62,8 +62,15 @@ def test_iid_sizes_even():
 
 def test_dirichlet_small_alpha_more_skewed():
     labels = _labels(5000)
-    skewed = np.mean([_label_entropy(labels, partition_indices(labels, 10, scheme="dirichlet", seed=s, alpha=0.1)) for s in range(3)])
-    flat = np.mean([_label_entropy(labels, partition_indices(labels, 10, scheme="dirichlet", seed=s, alpha=100.0)) for s in range(3)])
+    skewed = np.mean(
+        [_label_entropy(labels, partition_indices(labels, 10, scheme="dirichlet", seed=s, alpha=0.1)) for s in range(3)]
+    )
+    flat = np.mean(
+        [
+            _label_entropy(labels, partition_indices(labels, 10, scheme="dirichlet", seed=s, alpha=100.0))
+            for s in range(3)
+        ]
+    )
     assert skewed < flat - 0.5
     assert flat > 0.95 * np.log(NUM_CLASSES)  # large alpha approaches iid
 

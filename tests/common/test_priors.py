@@ -15,7 +15,9 @@ def test_prior_is_smoothed_distribution():
 
 
 def test_shift_is_zero_for_a_client_shaped_like_the_federation():
-    np.testing.assert_allclose(prior_shift(np.array([10, 20, 30]), np.array([100, 200, 300]), smoothing=0.0), 0.0, atol=1e-7)
+    np.testing.assert_allclose(
+        prior_shift(np.array([10, 20, 30]), np.array([100, 200, 300]), smoothing=0.0), 0.0, atol=1e-7
+    )
 
 
 def test_shift_turns_federation_posterior_into_client_posterior():

@@ -144,7 +144,11 @@ def _raw(ids, values: np.ndarray, *, code: int = 2) -> bytes:
         (_raw([-3, 5], np.zeros((2, 3))), {}, ">= 0"),
         (_blob(), {"expected_ids": np.array([0, 1, 2, 9])}, r"not in expected_ids: \[3\]"),
         (_blob(), {"expected_ids": np.arange(6)}, r"missing 2 expected ids: \[4, 5\]"),
-        (_blob(ids=np.array([0, 1]), logits=np.zeros((2, 3))), {"expected_ids": np.arange(3)}, r"missing 1 expected ids: \[2\]"),
+        (
+            _blob(ids=np.array([0, 1]), logits=np.zeros((2, 3))),
+            {"expected_ids": np.arange(3)},
+            r"missing 1 expected ids: \[2\]",
+        ),
         ("not bytes", {}, "must be bytes"),
     ],
 )

@@ -8,7 +8,9 @@ from nebula.server.app import config_from_run_config, parse_overrides
 
 
 def test_overrides_string_over_the_preset():
-    cfg = config_from_run_config({"preset": "smoke", "overrides": "federation.rounds=1 data.num_clients=2 federation.reply_timeout=30.5"})
+    cfg = config_from_run_config(
+        {"preset": "smoke", "overrides": "federation.rounds=1 data.num_clients=2 federation.reply_timeout=30.5"}
+    )
     assert (cfg.federation.rounds, cfg.data.num_clients, cfg.federation.reply_timeout) == (1, 2, 30.5)
     assert cfg.data.public_size == 48  # the rest is the smoke preset's
     assert config_from_run_config({"preset": "smoke", "overrides": ""}).federation.rounds == 2
@@ -63,8 +65,13 @@ def test_node_config_refuses_quotes():
 def test_round_timing_puts_the_slowest_client_and_the_teacher_on_the_critical_path():
     from nebula.deploy.local import round_timing
 
-    row = {"seconds": 60.0, "clients_wait_seconds": 25.0, "teacher_wait_seconds": 30.0, "teacher_seconds": 20.0,
-           "clients": {"a": {"seconds": 8.0}, "b": {"seconds": 12.0}}}
+    row = {
+        "seconds": 60.0,
+        "clients_wait_seconds": 25.0,
+        "teacher_wait_seconds": 30.0,
+        "teacher_seconds": 20.0,
+        "clients": {"a": {"seconds": 8.0}, "b": {"seconds": 12.0}},
+    }
     t = round_timing(row)
     assert (t["compute"], t["ratio"], t["clients_compute"]) == (32.0, 60.0 / 32.0, 12.0)
     assert round_timing({"seconds": 5.0, "clients": {}})["ratio"] == float("inf")

@@ -1,4 +1,4 @@
-"""End to end on Flower's deployment engine, on loopback: what issue 4's "done when" asks, in one deployment.
+"""End to end on Flower's deployment engine, on loopback: the whole deployment story, in one deployment.
 
 A SuperLink with TLS, SuperNode authentication and a state database; a registered teacher node
 and two registered client nodes running the smoke preset for 2 rounds; a fourth SuperNode whose
@@ -36,7 +36,11 @@ def deployment(tmp_path_factory):
     material = write_deployment_material(root / "certs", nodes=["teacher0", "client0", "client1", "rogue"])
     result: dict = {"t0": time.perf_counter()}
     fed, run_id = start_federation(
-        root / "run", material, teacher="teacher0", clients=["client0", "client1"], preset="smoke",
+        root / "run",
+        material,
+        teacher="teacher0",
+        clients=["client0", "client1"],
+        preset="smoke",
         overrides={"federation.rounds": 2, "federation.min_replies": 1, "federation.reply_timeout": 120},
     )
     try:
@@ -62,7 +66,7 @@ def deployment(tmp_path_factory):
 
 
 def _metrics(fed):
-    return [json.loads(line) for line in (fed.server_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in fed.run_folder.metrics.read_text().splitlines()]
 
 
 def test_run_completes(deployment):
@@ -75,7 +79,7 @@ def test_round_1_holds_both_clients_contributions(deployment):
     assert [m["round"] for m in metrics] == [1, 2]
     assert metrics[0]["accepted"] == 2 and metrics[0]["rejected"] == {}
     assert set(metrics[0]["clients"]) == {"client0", "client1"}  # ids come from the nodes' node config
-    ledger = Ledger(fed.server_dir / "ledger.sqlite")
+    ledger = Ledger(fed.run_folder.ledger)
     try:
         rows = ledger.contributions(metrics[0]["run_id"])
         round1 = sorted(c.client_id for r, c in rows if r == 1)
@@ -99,7 +103,7 @@ def test_client_killed_mid_round_leaves_the_round_to_the_other(deployment):
     assert "Node Unavailable" in round2["rejected"]["client1"]
     assert round2["clients_wait_seconds"] < 110
     assert round2["teacher_ok"]
-    ledger = Ledger(fed.server_dir / "ledger.sqlite")
+    ledger = Ledger(fed.run_folder.ledger)
     try:
         run_id = round2["run_id"]
         assert sorted(c.client_id for r, c in ledger.contributions(run_id) if r == 2) == ["client0"]

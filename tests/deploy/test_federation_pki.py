@@ -8,14 +8,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key, load_ssh_private_key
 
-from nebula.deploy.pki import PkiError, write_deployment_material
 from nebula.cli.main import main
+from nebula.deploy.pki import PkiError, write_deployment_material
 
 
 @pytest.fixture(scope="module")
 def material(tmp_path_factory):
-    return write_deployment_material(tmp_path_factory.mktemp("certs"), hosts=["localhost", "127.0.0.1", "link.example"],
-                                     nodes=["teacher0", "client0"], operators=["alice"])
+    return write_deployment_material(
+        tmp_path_factory.mktemp("certs"),
+        hosts=["localhost", "127.0.0.1", "link.example"],
+        nodes=["teacher0", "client0"],
+        operators=["alice"],
+    )
 
 
 def test_tls_certificate_is_issued_by_the_ca_for_the_hosts(material):
@@ -46,8 +50,13 @@ def test_operator_and_signing_keys_are_ed25519_pem(material):
 
 
 def test_private_keys_are_0600_public_files_are_not_secret(material):
-    private = [material.ca_key, material.tls_key, material.signing_key, *material.supernode_keys.values(),
-               *material.operator_keys.values()]
+    private = [
+        material.ca_key,
+        material.tls_key,
+        material.signing_key,
+        *material.supernode_keys.values(),
+        *material.operator_keys.values(),
+    ]
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for path in (material.ca_cert, material.tls_cert, *material.supernode_pubs.values()):

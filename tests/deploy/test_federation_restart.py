@@ -1,7 +1,10 @@
-"""A restart of the server side on Flower's deployment engine, on loopback (issue 4's second fault test).
+"""A restart of the server side on Flower's deployment engine, on loopback.
+
+A fault test, beside test_federation_unavailable.py.
 
 A SuperLink (TLS, SuperNode authentication, state database), a teacher node and two client
-nodes, each with its long-lived local worker (client/worker.py), run the smoke preset for 3 rounds. Once round 1 is finished, the SuperLink is SIGKILLed with
+nodes, each with its long-lived local worker (client/worker.py), run the smoke preset for 3
+rounds. Once round 1 is finished, the SuperLink is SIGKILLed with
 everything it started (its SuperExec and the ServerApp process), in the middle of round 2. A new
 SuperLink starts on the same port and database; the SuperNodes reconnect by themselves, and the
 run is submitted again with ``federation.resume=true``: it must finish rounds 2 and 3 under the
@@ -24,7 +27,7 @@ OVERRIDES = {"federation.rounds": 3, "federation.min_replies": 1, "federation.re
 
 
 def _metrics(fed) -> list[dict]:
-    path = fed.server_dir / "metrics.jsonl"
+    path = fed.run_folder.metrics
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -37,10 +40,14 @@ def _cmdline(pid: int) -> str:
 
 
 def _ledger_rows(fed) -> tuple[list[str], list[tuple]]:
-    ledger = Ledger(fed.server_dir / "ledger.sqlite")
+    ledger = Ledger(fed.run_folder.ledger)
     try:
         runs = ledger.runs()
-        rows = [(r, c.client_id, c.public_ids.tobytes(), c.payload, c.weight) for run in runs for r, c in ledger.contributions(run)]
+        rows = [
+            (r, c.client_id, c.public_ids.tobytes(), c.payload, c.weight)
+            for run in runs
+            for r, c in ledger.contributions(run)
+        ]
         return runs, rows
     finally:
         ledger.close()
@@ -50,8 +57,15 @@ def _ledger_rows(fed) -> tuple[list[str], list[tuple]]:
 def restarted(tmp_path_factory):
     root = tmp_path_factory.mktemp("restart")
     material = write_deployment_material(root / "certs", nodes=["teacher0", "client0", "client1"])
-    fed, first_run = start_federation(root / "run", material, teacher="teacher0", clients=["client0", "client1"],
-                                      preset="smoke", overrides=OVERRIDES, workers=True)
+    fed, first_run = start_federation(
+        root / "run",
+        material,
+        teacher="teacher0",
+        clients=["client0", "client1"],
+        preset="smoke",
+        overrides=OVERRIDES,
+        workers=True,
+    )
     result: dict = {"fed": fed, "first_run": first_run}
     try:
         deadline = time.monotonic() + 600
@@ -69,7 +83,9 @@ def restarted(tmp_path_factory):
         result["metrics_before"] = _metrics(fed)
         fed.start_superlink(port=fed.port)
         fed.wait_online(["teacher0", "client0", "client1"], timeout=180)
-        result["second_run"] = fed.submit(preset="smoke", overrides={"data.num_clients": 2, **OVERRIDES, "federation.resume": "true"})
+        result["second_run"] = fed.submit(
+            preset="smoke", overrides={"data.num_clients": 2, **OVERRIDES, "federation.resume": "true"}
+        )
         result["status"] = fed.wait_run(result["second_run"], timeout=900)
         result["runs_after"], result["rows_after"] = _ledger_rows(fed)
         result["metrics_after"] = _metrics(fed)

@@ -6,7 +6,6 @@ to the request by message id, so the ledger records the node's real reason, not 
 """
 
 import numpy as np
-import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
@@ -17,8 +16,6 @@ from nebula.server.federation import Federation
 from nebula.server.ledger import Ledger
 
 TEACHER, DEAD = 9, 2
-
-
 
 
 def _reply(msg, fields, metrics=None):
@@ -34,14 +31,27 @@ def _node(index: int, role: str = keys.ROLE_CLIENT):
     def answer(msg: Message) -> Message:
         kind, rec = msg.metadata.message_type, msg.content.config_records[keys.ROUND]
         if kind == keys.MSG_DESCRIBE:
-            return _reply(msg, {keys.ROLE: role, keys.CLIENT_ID: cid, keys.CLIENT_INDEX: index, keys.MODEL: "m",
-                                keys.NUM_EXAMPLES: 10, keys.LABEL_COUNTS: [3, 3, 4]})
+            return _reply(
+                msg,
+                {
+                    keys.ROLE: role,
+                    keys.CLIENT_ID: cid,
+                    keys.CLIENT_INDEX: index,
+                    keys.MODEL: "m",
+                    keys.NUM_EXAMPLES: 10,
+                    keys.LABEL_COUNTS: [3, 3, 4],
+                },
+            )
         if kind == keys.MSG_ROUND:
             ids = np.asarray(rec[keys.QUERY_IDS])
-            return _reply(msg, {keys.CLIENT_ID: cid, keys.LOGITS_BLOB: encode_logits(ids, np.zeros((len(ids), 3), np.float32))})
+            return _reply(
+                msg, {keys.CLIENT_ID: cid, keys.LOGITS_BLOB: encode_logits(ids, np.zeros((len(ids), 3), np.float32))}
+            )
         if kind == keys.MSG_TEACH:
             c = decode_logits(rec[keys.CONSENSUS_BLOB])
-            return _reply(msg, {keys.CLIENT_ID: cid, keys.REFINED_BLOB: encode_logits(c.ids, c.logits)}, {"seconds": 1.0})
+            return _reply(
+                msg, {keys.CLIENT_ID: cid, keys.REFINED_BLOB: encode_logits(c.ids, c.logits)}, {"seconds": 1.0}
+            )
         return _reply(msg, {keys.CLIENT_ID: cid})
 
     return answer
@@ -61,14 +71,24 @@ class SuperLinkLikeGrid:
         for m in messages:
             m.metadata.__dict__["_message_id"] = m.object_id
             dead = m.metadata.dst_node_id == DEAD and m.metadata.message_type == keys.MSG_ROUND
-            out.append(create_message_error_unavailable_res_message(m.metadata, "node_unavail") if dead
-                       else self.nodes[m.metadata.dst_node_id](m))
+            out.append(
+                create_message_error_unavailable_res_message(m.metadata, "node_unavail")
+                if dead
+                else self.nodes[m.metadata.dst_node_id](m)
+            )
         return out
 
 
 def test_the_superlinks_node_unavailable_reply_is_the_nodes_rejection(tmp_path):
-    config = preset_config("smoke", {"federation.output_dir": str(tmp_path), "data.num_clients": 2, "federation.rounds": 1,
-                                     "federation.min_replies": 1})
+    config = preset_config(
+        "smoke",
+        {
+            "federation.output_dir": str(tmp_path),
+            "data.num_clients": 2,
+            "federation.rounds": 1,
+            "federation.min_replies": 1,
+        },
+    )
     fed = Federation(SuperLinkLikeGrid(), config)
     [summary] = fed.run()
     assert summary["accepted"] == 1

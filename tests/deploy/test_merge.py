@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from nebula.learning.training import encode, predict_logits
 from nebula.client.runtime.errors import ExportError
 from nebula.deploy.export.merge import adapter_num_labels, load_adapter_model, read_adapter_config, resolve_base
+from nebula.learning.training import encode, predict_logits
 
 
 def test_merged_model_matches_the_unmerged_peft_model(adapter_and_peft_logits, merged_logits):

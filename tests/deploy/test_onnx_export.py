@@ -14,8 +14,8 @@ import onnx
 import pytest
 
 from nebula.client.runtime.errors import ExportError
-from nebula.deploy.export.onnx_export import OPSET, TARGETS, convert
 from nebula.client.runtime.predictor import EdgePredictor
+from nebula.deploy.export.onnx_export import OPSET, TARGETS, convert
 
 INT8_MIN_AGREEMENT = 0.90
 INT8_MAX_DIFF = 0.6
@@ -38,7 +38,7 @@ def test_int8_export_agrees_with_pytorch_within_the_bound(int8_package, merged_l
 
 
 def test_int8_package_is_much_smaller(int8_package, fp32_package):
-    size = lambda p: (p / "model.onnx").stat().st_size  # noqa: E731
+    size = lambda p: (p / "model.onnx").stat().st_size
     assert size(int8_package) < 0.3 * size(fp32_package)
 
 
@@ -46,7 +46,9 @@ def test_batch_and_sequence_axes_are_dynamic(fp32_package, merged_logits, tweets
     """Batch 1 (no padding), batch 7 and batch 40 (padded to their longest) give the same logits."""
     predictor = EdgePredictor(fp32_package)
     for batch_size in (1, 7, 40):
-        np.testing.assert_allclose(predictor.predict_logits(tweets["test"], batch_size=batch_size), merged_logits, atol=1e-4)
+        np.testing.assert_allclose(
+            predictor.predict_logits(tweets["test"], batch_size=batch_size), merged_logits, atol=1e-4
+        )
 
 
 def test_graph_contract(fp32_package):

@@ -6,8 +6,15 @@ import shutil
 import pytest
 
 from nebula.client.runtime.errors import ExportError
+from nebula.client.runtime.package import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    check_output_folder,
+    load_package,
+    read_manifest,
+    sha256_file,
+)
 from nebula.deploy.export.export import ExportConfig, export_adapter
-from nebula.client.runtime.package import MANIFEST_FILE, MODEL_FILE, check_output_folder, load_package, sha256_file, read_manifest
 
 
 @pytest.fixture
@@ -76,8 +83,11 @@ def test_output_folder_that_is_not_a_package_is_refused_before_any_work(tmp_path
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("target", "int4", "export.target must be one of"), ("max_length", 0, "export.max_length must be > 0"),
-     ("adapter_dir", "", "export.adapter_dir is required")],
+    [
+        ("target", "int4", "export.target must be one of"),
+        ("max_length", 0, "export.max_length must be > 0"),
+        ("adapter_dir", "", "export.adapter_dir is required"),
+    ],
 )
 def test_export_config_names_the_bad_field(field, value, message):
     config = ExportConfig(adapter_dir="a", out="b")

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from nebula.deploy.export.report import (
-    TARGETS, against_teacher, agreement, build_report, format_markdown, latency_batches, median_ms, write_report,
+    TARGETS,
+    against_teacher,
+    agreement,
+    build_report,
+    format_markdown,
+    latency_batches,
+    median_ms,
+    write_report,
 )
 
 
@@ -56,8 +63,9 @@ def test_small_real_report(int8_package, adapter_dir, tmp_path):
 
 def test_report_against_several_teachers(int8_package, adapter_dir):
     # the student's own adapter stands in for two teachers: one row and one comparison each
-    report = build_report(int8_package, dataset="tweets", test_size=32, repeats=2, threads=1,
-                          teacher_adapters=[adapter_dir, adapter_dir])
+    report = build_report(
+        int8_package, dataset="tweets", test_size=32, repeats=2, threads=1, teacher_adapters=[adapter_dir, adapter_dir]
+    )
     names = [r["model"] for r in report["rows"]]
     assert len(names) == 4 and names[2] == names[3] and names[2].startswith("teacher minilm-l3 fp32")
     export, student = report["rows"][:2]

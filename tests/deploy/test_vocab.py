@@ -27,7 +27,12 @@ def test_id_map_sends_kept_ids_to_their_rows_and_the_rest_to_unk():
 
 @pytest.mark.parametrize(
     "kept, message",
-    [([0, 2, 2], "sorted and unique"), ([0, 9], "outside the vocabulary"), ([0, 2], "unknown token id 1 must be kept"), ([], "non-empty")],
+    [
+        ([0, 2, 2], "sorted and unique"),
+        ([0, 9], "outside the vocabulary"),
+        ([0, 2], "unknown token id 1 must be kept"),
+        ([], "non-empty"),
+    ],
 )
 def test_id_map_rejects_bad_kept_sets(kept, message):
     with pytest.raises(ValueError, match=message):
@@ -36,8 +41,15 @@ def test_id_map_rejects_bad_kept_sets(kept, message):
 
 def test_pruned_tiny_bert_gives_identical_logits_on_kept_tokens():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        num_labels=3, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        pad_token_id=0,
+    )
     model = BertForSequenceClassification(config).eval()
     ids = torch.tensor([[1, 7, 30, 44, 2], [1, 12, 2, 0, 0]])  # (B, L)
     mask = (ids != 0).long()
@@ -51,7 +63,9 @@ def test_pruned_tiny_bert_gives_identical_logits_on_kept_tokens():
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
 
 
-def test_pruned_package_predicts_like_the_full_model_inside_its_vocabulary(pruned_package, fp32_package, merged_logits, tweets):
+def test_pruned_package_predicts_like_the_full_model_inside_its_vocabulary(
+    pruned_package, fp32_package, merged_logits, tweets
+):
     """The corpus was the first 20 test tweets: on them the pruned export equals the unpruned one."""
     inside = tweets["test"][:20]
     pruned, full = EdgePredictor(pruned_package), EdgePredictor(fp32_package)

@@ -132,10 +132,12 @@ def test_rebuilt_l3_matches_onnx_graph(cache):
     session = onnxruntime.InferenceSession(
         str(locate_package_file(L3_ONNX.requirement, L3_ONNX.path, what="test")), providers=["CPUExecutionProvider"]
     )
-    outputs = dict(zip(
-        [o.name for o in session.get_outputs()],
-        session.run(None, {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")}),
-    ))
+    outputs = dict(
+        zip(
+            [o.name for o in session.get_outputs()],
+            session.run(None, {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")}),
+        )
+    )
     with torch.no_grad():
         hidden = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()  # (B, T, 384)
     np.testing.assert_allclose(hidden, outputs["onnx::Shape_422"], atol=1e-5, rtol=0)

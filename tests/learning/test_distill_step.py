@@ -1,11 +1,12 @@
 """The teacher's round, in the pieces that need no model: gathering targets, the targets' arithmetic, seeds.
-(teach_step itself runs on real models in tests/server/unlearning/test_model_modes.py: replay = checkpoints, bit for bit.)"""
+(teach_step itself runs on real models in tests/server/unlearning/test_model_modes.py:
+replay = checkpoints, bit for bit.)"""
 
 import numpy as np
 
+from nebula.common.config import NebulaConfig
 from nebula.common.probabilities import merge_consensus, teacher_targets
 from nebula.learning.distill_step import round_seed
-from nebula.common.config import NebulaConfig
 
 
 def test_gathering_appends_new_ids_and_replaces_resent_ones():

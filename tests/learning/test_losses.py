@@ -27,7 +27,9 @@ def test_zero_for_identical_inputs(seed, temperature):
     s = _logits(seed)
     loss = kd_kl_loss(s, soft_targets(s, temperature=temperature), temperature=temperature)
     assert abs(loss.item()) < 1e-12
-    assert distillation_loss(s, soft_targets(s, temperature=temperature), temperature=temperature, alpha=1.0).abs() < 1e-12
+    assert (
+        distillation_loss(s, soft_targets(s, temperature=temperature), temperature=temperature, alpha=1.0).abs() < 1e-12
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -132,7 +134,8 @@ def test_uniform_logit_shift_changes_nothing():
     q = soft_targets(_logits(1), temperature=1.0)
     plain = distillation_loss(s, q, y, temperature=1.0, alpha=0.0)
     torch.testing.assert_close(
-        distillation_loss(s, q, y, temperature=1.0, alpha=0.0, logit_shift=torch.full((C,), 3.0, dtype=torch.float64)), plain
+        distillation_loss(s, q, y, temperature=1.0, alpha=0.0, logit_shift=torch.full((C,), 3.0, dtype=torch.float64)),
+        plain,
     )
 
 
@@ -162,7 +165,10 @@ Y = torch.arange(B) % C
         (lambda: distillation_loss(S, Q, Y[:-1], temperature=1.0, alpha=0.5), r"labels must have shape \(8,\)"),
         (lambda: distillation_loss(S, Q, Y.double(), temperature=1.0, alpha=0.5), "integer class indices"),
         (lambda: distillation_loss(S, Q[:-1], Y, temperature=1.0, alpha=0.5), "does not match"),
-        (lambda: distillation_loss(S, Q, Y, temperature=1.0, alpha=0.5, logit_shift=torch.zeros(C + 1)), "logit_shift must have shape"),
+        (
+            lambda: distillation_loss(S, Q, Y, temperature=1.0, alpha=0.5, logit_shift=torch.zeros(C + 1)),
+            "logit_shift must have shape",
+        ),
     ],
 )
 def test_validation_errors(call, match):

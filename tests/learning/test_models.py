@@ -10,7 +10,9 @@ def test_a_checkpoint_round_trips_and_leaves_no_temporary_file(tmp_path):
     teacher, student = {"a.weight": torch.arange(6.0).reshape(2, 3)}, {"b.bias": torch.ones(4)}
     save_checkpoint(tmp_path / "round-001", teacher, student)
     got_teacher, got_student = load_checkpoint(tmp_path / "round-001")
-    assert torch.equal(got_teacher["a.weight"], teacher["a.weight"]) and torch.equal(got_student["b.bias"], student["b.bias"])
+    assert torch.equal(got_teacher["a.weight"], teacher["a.weight"]) and torch.equal(
+        got_student["b.bias"], student["b.bias"]
+    )
     assert sorted(p.name for p in (tmp_path / "round-001").iterdir()) == ["student.pt", "teacher.pt"]
 
 

@@ -196,7 +196,7 @@ def test_entropy_sharpening_lowers_entropy_and_keeps_argmax():
     probs, weights, _ = _inputs()
     plain = get_rule("entropy").aggregate(probs, weights=weights)
     sharp = get_rule("entropy", sharpen_temperature=0.5).aggregate(probs, weights=weights)
-    h = lambda p: -(p * np.log(p)).sum(axis=1)  # noqa: E731
+    h = lambda p: -(p * np.log(p)).sum(axis=1)
     assert (h(sharp) < h(plain)).all()
     np.testing.assert_array_equal(sharp.argmax(axis=1), plain.argmax(axis=1))
     np.testing.assert_allclose(sharp, plain**2 / (plain**2).sum(axis=1, keepdims=True))

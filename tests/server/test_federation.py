@@ -6,7 +6,7 @@ server/federation.py: bad replies are left out with a reason and recorded, the r
 on with enough replies, a failed teacher falls back to the consensus.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -24,8 +24,6 @@ C = 3
 TEACHER = 99
 
 
-
-
 def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
     content = RecordDict({keys.REPLY: ConfigRecord(fields)})
     if metrics:
@@ -35,14 +33,22 @@ def reply(msg: Message, fields: dict, metrics: dict | None = None) -> Message:
 
 def describe(msg: Message, index: int, role: str = keys.ROLE_CLIENT, model: str = "m") -> Message:
     holds_data = role == keys.ROLE_CLIENT
-    return reply(msg, {
-        keys.ROLE: role, keys.CLIENT_ID: "teacher" if role == keys.ROLE_TEACHER else f"client-{index}",
-        keys.CLIENT_INDEX: index, keys.MODEL: model, keys.NUM_EXAMPLES: 10 + index if holds_data else 0,
-        keys.LABEL_COUNTS: [3, 3, 4 + index] if holds_data else [0, 0, 0],
-    })
+    return reply(
+        msg,
+        {
+            keys.ROLE: role,
+            keys.CLIENT_ID: "teacher" if role == keys.ROLE_TEACHER else f"client-{index}",
+            keys.CLIENT_INDEX: index,
+            keys.MODEL: model,
+            keys.NUM_EXAMPLES: 10 + index if holds_data else 0,
+            keys.LABEL_COUNTS: [3, 3, 4 + index] if holds_data else [0, 0, 0],
+        },
+    )
 
 
-def honest(index: int, *, bias: int = 0, model: str = "m", role: str = keys.ROLE_CLIENT) -> Callable[[Message], Message]:
+def honest(
+    index: int, *, bias: int = 0, model: str = "m", role: str = keys.ROLE_CLIENT
+) -> Callable[[Message], Message]:
     def node(msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == keys.MSG_DESCRIBE:
@@ -51,8 +57,13 @@ def honest(index: int, *, bias: int = 0, model: str = "m", role: str = keys.ROLE
             ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
             logits = np.zeros((len(ids), C), np.float32)
             logits[:, bias] = 2.0
-            return reply(msg, {keys.CLIENT_ID: f"client-{index}", keys.LOGITS_BLOB: encode_logits(ids, logits)}, {"acc_global": 0.5})
+            return reply(
+                msg,
+                {keys.CLIENT_ID: f"client-{index}", keys.LOGITS_BLOB: encode_logits(ids, logits)},
+                {"acc_global": 0.5},
+            )
         return reply(msg, {keys.CLIENT_ID: f"client-{index}"})
+
     return node
 
 
@@ -65,13 +76,17 @@ def teacher(*, fail: bool = False, student: Callable[[int], dict] | None = None)
             if fail:
                 return Message(Error(500, "RuntimeError: out of memory"), reply_to=msg)
             consensus = decode_logits(msg.content.config_records[keys.ROUND][keys.CONSENSUS_BLOB])
-            out = reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(consensus.ids, consensus.logits)},
-                        {"acc_teacher": 0.6, "acc_student": 0.55})
+            out = reply(
+                msg,
+                {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(consensus.ids, consensus.logits)},
+                {"acc_teacher": 0.6, "acc_student": 0.55},
+            )
             if student is not None:
                 r = msg.content.config_records[keys.ROUND][keys.ROUND_INDEX]
                 out.content[keys.STUDENT_STATE] = ArrayRecord({k: Array(v) for k, v in student(r).items()})
             return out
         return reply(msg, {keys.CLIENT_ID: "teacher"})
+
     return node
 
 
@@ -93,7 +108,9 @@ class ScriptedGrid:
 
 
 def make(tmp_path, nodes, **overrides) -> tuple[Federation, ScriptedGrid]:
-    config = preset_config("smoke", {"federation.output_dir": str(tmp_path), "data.num_clients": len(nodes) - 1, **overrides})
+    config = preset_config(
+        "smoke", {"federation.output_dir": str(tmp_path), "data.num_clients": len(nodes) - 1, **overrides}
+    )
     grid = ScriptedGrid(nodes)
     return Federation(grid, config), grid
 
@@ -102,13 +119,17 @@ def with_round_reply(base, change: Callable[[Message, Message], Message | None])
     def node(msg: Message):
         good = base(msg)
         return change(msg, good) if msg.metadata.message_type == keys.MSG_ROUND else good
+
     return node
 
 
 def test_bad_replies_are_left_out_with_reasons_and_recorded(tmp_path):
-    ids_shifted = lambda msg, good: reply(msg, {keys.LOGITS_BLOB: encode_logits(np.arange(24) + 1000, np.zeros((24, C)))})
+    ids_shifted = lambda msg, good: reply(
+        msg, {keys.LOGITS_BLOB: encode_logits(np.arange(24) + 1000, np.zeros((24, C)))}
+    )
     nodes = {
-        1: honest(0), 2: honest(1),
+        1: honest(0),
+        2: honest(1),
         3: with_round_reply(honest(2), lambda msg, good: Message(Error(400, "ValueError: no data"), reply_to=msg)),
         4: with_round_reply(honest(3), lambda msg, good: None),  # silent
         5: with_round_reply(honest(4), ids_shifted),
@@ -140,7 +161,12 @@ def test_round_two_sends_the_teachers_targets_to_every_client(tmp_path):
 
 def test_too_few_replies_skip_aggregation_and_the_next_targets(tmp_path):
     silent = lambda msg, good: None
-    nodes = {1: honest(0), 2: with_round_reply(honest(1), silent), 3: with_round_reply(honest(2), silent), TEACHER: teacher()}
+    nodes = {
+        1: honest(0),
+        2: with_round_reply(honest(1), silent),
+        3: with_round_reply(honest(2), silent),
+        TEACHER: teacher(),
+    }
     fed, grid = make(tmp_path, nodes)
     history = fed.run()
     assert [h["accepted"] for h in history] == [1, 1]
@@ -189,10 +215,14 @@ def test_a_non_finite_or_reshaped_global_student_is_refused(tmp_path):
         if r == 1:
             return {"w": np.ones(4, np.float32)}
         return {"w": np.array([1, np.nan, 1, 1], np.float32)} if r == 2 else {"w": np.ones(5, np.float32)}
-    fed, grid = make(tmp_path, {1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l3"), TEACHER: teacher(student=state)},
-                     **{"federation.rounds": 3})
+
+    fed, grid = make(
+        tmp_path,
+        {1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l3"), TEACHER: teacher(student=state)},
+        **{"federation.rounds": 3},
+    )
     fed.run()
-    np.testing.assert_array_equal(fed.student_state["w"].numpy(), np.ones(4))
+    np.testing.assert_array_equal(fed.student_state["w"], np.ones(4))
 
 
 def test_every_client_is_told_the_federations_label_counts(tmp_path):
@@ -205,8 +235,10 @@ def test_every_client_is_told_the_federations_label_counts(tmp_path):
 def test_inference_nodes_get_no_student_and_alone_do_not_make_a_consensus(tmp_path):
     state = lambda r: {"w": np.ones(4, np.float32)}
     nodes = {
-        1: honest(0, model="minilm-l3"), 2: honest(1, model="minilm-l3", role=keys.ROLE_INFERENCE),
-        3: honest(2, model="minilm-l3", role=keys.ROLE_INFERENCE), TEACHER: teacher(student=state),
+        1: honest(0, model="minilm-l3"),
+        2: honest(1, model="minilm-l3", role=keys.ROLE_INFERENCE),
+        3: honest(2, model="minilm-l3", role=keys.ROLE_INFERENCE),
+        TEACHER: teacher(student=state),
     }
     fed, grid = make(tmp_path, nodes, **{"federation.min_replies": 2})
     history = fed.run()
@@ -243,7 +275,11 @@ def test_label_counts_are_recorded_and_forgotten_clients_are_not_selected(tmp_pa
 def test_an_unreadable_unlearning_key_stops_the_run_before_discovery(tmp_path):
     from nebula.server.exceptions import UnlearningError
 
-    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), 9: teacher()}, **{"federation.unlearn_key": str(tmp_path / "missing.pem")})
+    fed, grid = make(
+        tmp_path,
+        {1: honest(0), 2: honest(1), 9: teacher()},
+        **{"federation.unlearn_key": str(tmp_path / "missing.pem")},
+    )
     with pytest.raises(UnlearningError, match="federation.unlearn_key .*missing.pem"):
         fed.run()
     assert grid.sent == []  # no node was asked anything
@@ -266,8 +302,11 @@ def _live_run_forgetting_client_1(tmp_path, restore_reply: Callable[[Message], M
             store.close()
         return restore_reply(msg) if kind == keys.MSG_RESTORE else base(msg)
 
-    fed, grid = make(tmp_path, {1: honest(0), 2: honest(1), 3: honest(2), TEACHER: node},
-                     **{"federation.rounds": 2, "federation.unlearn_key": str(material.signing_key)})
+    fed, grid = make(
+        tmp_path,
+        {1: honest(0), 2: honest(1), 3: honest(2), TEACHER: node},
+        **{"federation.rounds": 2, "federation.unlearn_key": str(material.signing_key)},
+    )
     history = fed.run()
     round2 = [m for m in grid.sent if m.metadata.message_type == keys.MSG_ROUND][-2:]
     assert history[-1]["round"] == 2 and "client-1" not in history[-1]["clients"] and len(round2) == 2
@@ -277,7 +316,10 @@ def _live_run_forgetting_client_1(tmp_path, restore_reply: Callable[[Message], M
 def test_after_a_live_request_round_2_gets_targets_the_restored_teacher_answered(tmp_path):
     def restore(msg: Message) -> Message:
         ids = np.asarray(msg.content.config_records[keys.ROUND][keys.QUERY_IDS])
-        return reply(msg, {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(ids, np.tile([0.0, 0.0, 5.0], (len(ids), 1)))})
+        return reply(
+            msg,
+            {keys.CLIENT_ID: "teacher", keys.REFINED_BLOB: encode_logits(ids, np.tile([0.0, 0.0, 5.0], (len(ids), 1)))},
+        )
 
     fed, grid, round2 = _live_run_forgetting_client_1(tmp_path, restore)
     for m in round2:
@@ -294,3 +336,51 @@ def test_a_restored_teacher_that_cannot_answer_leaves_round_2_without_targets(tm
     assert all(keys.TARGET_BLOB not in m.content.config_records[keys.ROUND] for m in round2)
     assert "goes without targets" in caplog.text
     assert Ledger(tmp_path / "ledger.sqlite").finished_rounds(fed.run_id)[1] == (None, False)
+
+
+def _with_describe(base, fields: dict):
+    """A node whose describe reply has ``fields`` changed (a value of None removes the field)."""
+
+    def node(msg: Message):
+        good = base(msg)
+        if msg.metadata.message_type == keys.MSG_DESCRIBE:
+            rec = good.content.config_records[keys.REPLY]
+            for key, value in fields.items():
+                if value is None:
+                    del rec[key]
+                else:
+                    rec[key] = value
+        return good
+
+    return node
+
+
+def test_a_malformed_metric_is_a_rejection_not_the_end_of_the_run(tmp_path):
+    def list_metric(msg, good):
+        good.content[keys.METRICS] = MetricRecord({"acc_global": [0.1, 0.2]})
+        return good
+
+    nodes = {1: honest(0), 2: honest(1), 3: with_round_reply(honest(2), list_metric), TEACHER: teacher()}
+    fed, _ = make(tmp_path, nodes, **{"federation.min_replies": 2})
+    history = fed.run()
+    assert [h["accepted"] for h in history] == [2, 2]
+    assert "'metrics.acc_global' is [0.1, 0.2], not a finite number" in history[-1]["rejected"]["client-2"]
+    assert len(Ledger(tmp_path / "ledger.sqlite").rejections(fed.run_id)) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({keys.CLIENT_INDEX: "abc"}, "not an integer"),
+        ({keys.LABEL_COUNTS: 7}, "not a list of integers"),
+        ({keys.NUM_EXAMPLES: -5}, "below 0"),
+        ({keys.ROLE: "superuser"}, "not one of"),
+        ({keys.MODEL: None}, "is missing"),
+    ],
+)
+def test_a_malformed_describe_reply_leaves_the_node_out(tmp_path, caplog, fields, why):
+    nodes = {1: honest(0), 2: honest(1), 3: _with_describe(honest(2), fields), TEACHER: teacher()}
+    fed, _ = make(tmp_path, nodes, **{"federation.min_replies": 2})
+    history = fed.run()
+    assert [h["accepted"] for h in history] == [2, 2] and not history[-1]["rejected"]
+    assert why in caplog.text and "left out" in caplog.text

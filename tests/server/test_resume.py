@@ -12,8 +12,15 @@ from nebula.server.resume import resume_point
 def _round(ledger, run_id, r, *, aggregated=True, targets: bytes | None = b"t", teacher_ok=True, finish=True):
     ids = np.arange(4, dtype=np.int64) + 4 * (r - 1)
     consensus = np.full((4, 3), 1 / 3) if aggregated else None
-    ledger.record_round(run_id=run_id, round_index=r, accepted=[Contribution("client-0", 1, ids, b"p", 1.0)], rejected=[],
-                        rule="mean", consensus_ids=ids if aggregated else None, consensus=consensus)
+    ledger.record_round(
+        run_id=run_id,
+        round_index=r,
+        accepted=[Contribution("client-0", 1, ids, b"p", 1.0)],
+        rejected=[],
+        rule="mean",
+        consensus_ids=ids if aggregated else None,
+        consensus=consensus,
+    )
     if finish:
         ledger.record_targets(run_id, r, targets if aggregated else None, teacher_ok=teacher_ok and aggregated)
 

@@ -6,7 +6,6 @@ run completes with the other two.
 """
 
 import json
-import logging
 
 import pytest
 from peft import PeftModel
@@ -38,7 +37,12 @@ def test_ledger_and_metrics_hold_every_accepted_contribution(finished_run):
     run_id = lines[0]["run_id"]
     ledger = Ledger(out / "ledger.sqlite")
     rows = ledger.contributions(run_id)
-    assert sorted((r, c.client_id) for r, c in rows) == [(1, "client-0"), (1, "client-1"), (2, "client-0"), (2, "client-1")]
+    assert sorted((r, c.client_id) for r, c in rows) == [
+        (1, "client-0"),
+        (1, "client-1"),
+        (2, "client-0"),
+        (2, "client-1"),
+    ]
     assert all(len(c.public_ids) == config.federation.public_per_round for _, c in rows)
     assert [(r, cid) for r, cid, _ in ledger.rejections(run_id)] == [(1, "client-2"), (2, "client-2")]
     ids, probs = ledger.consensus(run_id, 2)

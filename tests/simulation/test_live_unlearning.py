@@ -1,6 +1,7 @@
 """Unlearning between the rounds of a live run (federation.unlearn_key): the run carries the request out.
 
-Round 1 runs; an operator's request to forget client-1 (fast correction: re-aggregation, then a corrective distillation of teacher and student) is stored in the ledger's
+Round 1 runs; an operator's request to forget client-1 (fast correction: re-aggregation, then a
+corrective distillation of teacher and student) is stored in the ledger's
 request store; the run continues (resumed, as after a restart) with the server's signing key. Before
 round 2 the federation carries the request out, the teacher node loads the corrected states and the
 cleaned consensus and answers round 2's targets again, client-1 is not selected in round 2, the
@@ -31,8 +32,13 @@ def live(tmp_path_factory):
     round1_targets = ledger.finished_rounds(ledger.runs()[-1])[1][0]  # computed by the teacher client-1 shaped
     ledger.close()
     store = RequestStore(out / "ledger.sqlite")
-    request, created = store.submit(client_id="client-1", reason="GDPR art. 17", mode="fast-correction",
-                                    idempotency_key="ticket-1", operator_key="op")
+    request, created = store.submit(
+        client_id="client-1",
+        reason="GDPR art. 17",
+        mode="fast-correction",
+        idempotency_key="ticket-1",
+        operator_key="op",
+    )
     assert created and request.status == "queued"
     history = simulate(preset_config("smoke", {**base, "federation.rounds": 2, "federation.resume": True}))
     done = store.get(request.request_id)
@@ -57,7 +63,7 @@ def test_round_2_started_from_the_corrected_models(live):
     before = torch.load(out / "checkpoints" / "round-001" / "teacher.pt", weights_only=True)
     after = torch.load(out / "checkpoints" / "round-002" / "teacher.pt", weights_only=True)
     # round 2 trained on from the corrected teacher: closer to it than to round 1's checkpoint
-    dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in a)  # noqa: E731
+    dist = lambda a, b: sum(float((a[k] - b[k]).pow(2).sum()) for k in a)
     assert dist(corrected, before) > 0 and dist(after, corrected) < dist(after, before)
 
 

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 def _rows(path, run_id):
     ledger = Ledger(path)
     try:
-        return [(r, c.client_id, c.payload, c.weight) for r, c in ledger.contributions(run_id)], ledger.finished_rounds(run_id)
+        return [(r, c.client_id, c.payload, c.weight) for r, c in ledger.contributions(run_id)], ledger.finished_rounds(
+            run_id
+        )
     finally:
         ledger.close()
 
@@ -36,8 +38,16 @@ def resumed(tmp_path_factory):
         db.execute("DELETE FROM round_targets WHERE run_id = ? AND round = 1", (run_id,))
     history = simulate(preset_config("smoke", {**base, "federation.rounds": 2, "federation.resume": True}))
     after, finished_after = _rows(out / "ledger.sqlite", run_id)
-    return dict(out=out, run_id=run_id, first=first, before=before, finished=finished, history=history, after=after,
-                finished_after=finished_after)
+    return dict(
+        out=out,
+        run_id=run_id,
+        first=first,
+        before=before,
+        finished=finished,
+        history=history,
+        after=after,
+        finished_after=finished_after,
+    )
 
 
 def test_first_run_marked_round_1_finished(resumed):
@@ -49,7 +59,9 @@ def test_resume_runs_only_the_missing_round_under_the_same_run(resumed):
     assert [h["round"] for h in resumed["history"]] == [2]
     assert resumed["history"][0]["teacher_ok"] and resumed["history"][0]["accepted"] == 3
     assert Ledger(resumed["out"] / "ledger.sqlite").runs() == [resumed["run_id"]]
-    assert sorted(resumed["finished_after"]) == [1, 2] and resumed["finished_after"][1][0] is not None  # round 1 taught again
+    assert (
+        sorted(resumed["finished_after"]) == [1, 2] and resumed["finished_after"][1][0] is not None
+    )  # round 1 taught again
 
 
 def test_round_1_rows_are_unchanged_and_round_2_is_added(resumed):

@@ -29,8 +29,13 @@ def test_gathered_consensus_holds_every_rounds_targets(finished_run):
 def test_teach_trains_a_loadable_teacher_of_another_base(finished_run, tmp_path):
     config, out, _ = finished_run
     steps = []
-    report = teach_from_run(out, base="minilm-l3", out=tmp_path / "teacher", epochs=1,
-                            on_step=lambda step, total, loss: steps.append((step, total, loss)))
+    report = teach_from_run(
+        out,
+        base="minilm-l3",
+        out=tmp_path / "teacher",
+        epochs=1,
+        on_step=lambda step, total, loss: steps.append((step, total, loss)),
+    )
     assert report.base == "minilm-l3" and report.targets == 2 * config.federation.public_per_round
     assert report.steps == len(steps) == steps[-1][1] and all(np.isfinite(loss) for _, _, loss in steps)
     assert 0.0 <= report.test_accuracy <= 1.0 and report.test_size == config.data.test_size

@@ -3,9 +3,9 @@
 
 import numpy as np
 
+from nebula.cli.main import main
 from nebula.common.federation_data import build_federation_data
 from nebula.common.presets import preset_config
-from nebula.cli.main import main
 from nebula.server.ledger import Contribution, Ledger
 from nebula.simulation.unlearning_benchmark import client_with_most_data, copy_run
 
@@ -15,8 +15,15 @@ def test_a_copied_run_folder_holds_the_ledger_rows_and_checkpoints(tmp_path):
     ledger = Ledger(src / "ledger.sqlite")  # left open: its rows may still be in the WAL file
     ledger.start_run("r", {})
     ids = np.arange(2, dtype=np.int64)
-    ledger.record_round(run_id="r", round_index=1, accepted=[Contribution("client-0", 1, ids, b"x", 1.0)], rejected=[],
-                        rule="mean", consensus_ids=None, consensus=None)
+    ledger.record_round(
+        run_id="r",
+        round_index=1,
+        accepted=[Contribution("client-0", 1, ids, b"x", 1.0)],
+        rejected=[],
+        rule="mean",
+        consensus_ids=None,
+        consensus=None,
+    )
     (src / "checkpoints" / "round-001").mkdir(parents=True)
     (src / "checkpoints" / "round-001" / "teacher.pt").write_bytes(b"state")
     copy_run(src, dst)
@@ -34,8 +41,13 @@ def test_the_default_client_is_the_one_with_the_most_training_data():
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys):
-    assert main(["unlearn", "benchmark", "--preset", "smoke", "--modes", "forget-harder", "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(["unlearn", "benchmark", "--preset", "smoke", "--modes", "forget-harder", "--out", str(tmp_path / "b")])
+        == 2
+    )
     assert "unknown mode(s) ['forget-harder']" in capsys.readouterr().err
-    assert main(["unlearn", "benchmark", "--preset", "smoke", "--client", "client-9", "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(["unlearn", "benchmark", "--preset", "smoke", "--client", "client-9", "--out", str(tmp_path / "b")]) == 2
+    )
     assert "is not one of client-0 .. client-2" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

@@ -13,13 +13,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from nebula.client.runtime import inference
 from nebula.client.app import app as main_app
+from nebula.client.runtime import inference
 from nebula.client.runtime.app import app as device_app
+from nebula.client.runtime.predictor import EdgePredictor
 from nebula.common import keys
 from nebula.common.federation_data import build_federation_data
 from nebula.common.presets import preset_config
-from nebula.client.runtime.predictor import EdgePredictor
 
 SMOKE = preset_config("smoke")  # rounds 2: round 2 evaluates
 IDS = list(range(5, 29))
@@ -74,12 +74,18 @@ def test_answers_from_the_export_without_importing_torch(tweets_export):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["heavy"] == []
     assert out["describe"] == {
-        keys.ROLE: keys.ROLE_INFERENCE, keys.CLIENT_ID: "client-2", keys.CLIENT_INDEX: 2, keys.MODEL: "minilm-l3",
-        keys.NUM_EXAMPLES: 0, keys.LABEL_COUNTS: [0, 0, 0],
+        keys.ROLE: keys.ROLE_INFERENCE,
+        keys.CLIENT_ID: "client-2",
+        keys.CLIENT_INDEX: 2,
+        keys.MODEL: "minilm-l3",
+        keys.NUM_EXAMPLES: 0,
+        keys.LABEL_COUNTS: [0, 0, 0],
     }
     assert out["ids"] == [IDS, IDS]
     assert out["logits"][0] == out["logits"][1]  # the device app and the main app give the same answer
-    expected = EdgePredictor(tweets_export).predict_logits(build_federation_data(SMOKE.data).public_texts(np.array(IDS)))
+    expected = EdgePredictor(tweets_export).predict_logits(
+        build_federation_data(SMOKE.data).public_texts(np.array(IDS))
+    )
     np.testing.assert_allclose(out["logits"][0], expected, atol=2e-3, rtol=2e-3)  # float16 on the wire
     assert 0.0 <= out["metrics"]["acc_global"] <= 1.0 and out["metrics"]["seconds"] > 0
 

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
+from nebula.client.runtime.predictor import EdgePredictor
 from nebula.common.federation_data import build_federation_data
 from nebula.common.presets import preset_config
 from nebula.common.wire import decode_logits
-from nebula.client.runtime.predictor import EdgePredictor
 from nebula.server.ledger import Ledger
 from nebula.simulation.engine import simulate
 
@@ -51,7 +51,7 @@ def test_ledger_records_its_export_logits_with_weight_zero(finished_run, tweets_
     assert weights["client-2"] == 0.0 and weights["client-0"] > 0 and weights["client-1"] > 0
     predictor = EdgePredictor(tweets_export)
     data = build_federation_data(config.data)
-    for r, c in rows:
+    for _, c in rows:
         if c.client_id == "client-2":
             decoded = decode_logits(c.payload)
             expected = predictor.predict_logits(data.public_texts(decoded.ids))

@@ -27,15 +27,22 @@ RUN_A, RUN_B = "run-a", "run-b"
 TARGET = "client-1"
 LABEL_COUNTS = {"client-0": [10, 0, 2], "client-1": [0, 8, 8], "client-2": [5, 5, 0], "client-3": [1, 1, 30]}
 PLAN = {  # run -> round -> clients whose reply was accepted
-    RUN_A: {1: ["client-0", "client-1", "client-2", "client-3"], 2: ["client-0", "client-1", "client-2", "client-3"],
-            3: ["client-0", "client-1", "client-3"]},
+    RUN_A: {
+        1: ["client-0", "client-1", "client-2", "client-3"],
+        2: ["client-0", "client-1", "client-2", "client-3"],
+        3: ["client-0", "client-1", "client-3"],
+    },
     RUN_B: {1: ["client-0", "client-1", "client-3"], 2: ["client-0", "client-3"]},
 }
 
 
-def reference_consensus(payloads: list[bytes], weights: list[float], ids: np.ndarray, rule: str, support=None) -> np.ndarray:
+def reference_consensus(
+    payloads: list[bytes], weights: list[float], ids: np.ndarray, rule: str, support=None
+) -> np.ndarray:
     """What server/federation.py computes for a round (the test's own copy of its three lines)."""
-    probs = np.stack([softmax(decode_logits(p, expected_ids=ids, num_classes=C).logits, temperature=TEMPERATURE) for p in payloads])
+    probs = np.stack(
+        [softmax(decode_logits(p, expected_ids=ids, num_classes=C).logits, temperature=TEMPERATURE) for p in payloads]
+    )
     return get_rule(rule).aggregate(probs, weights=np.array(weights), support=support).astype(np.float32)
 
 
@@ -44,21 +51,42 @@ def build_ledger(path: Path, *, rule: str = "mean", min_replies: int = 2, label_
     rng = np.random.default_rng(0)
     for run, rounds in PLAN.items():
         config = NebulaConfig()
-        config.federation.aggregation, config.federation.min_replies, config.train.temperature = rule, min_replies, TEMPERATURE
+        config.federation.aggregation, config.federation.min_replies, config.train.temperature = (
+            rule,
+            min_replies,
+            TEMPERATURE,
+        )
         ledger.start_run(run, config.to_flat())
         if label_counts:
-            ledger.record_clients(run, {cid: LABEL_COUNTS[cid] for cid in sorted({c for cs in rounds.values() for c in cs})})
+            ledger.record_clients(
+                run, {cid: LABEL_COUNTS[cid] for cid in sorted({c for cs in rounds.values() for c in cs})}
+            )
         for r, clients in rounds.items():
             ids = np.arange((r - 1) * N, r * N, dtype=np.int64)
             accepted = [
-                Contribution(cid, 100 + int(cid[-1]), ids, encode_logits(ids, rng.normal(size=(N, C)) * 3, dtype="float16"), 10.0 + int(cid[-1]))
+                Contribution(
+                    cid,
+                    100 + int(cid[-1]),
+                    ids,
+                    encode_logits(ids, rng.normal(size=(N, C)) * 3, dtype="float16"),
+                    10.0 + int(cid[-1]),
+                )
                 for cid in clients
             ]
             support = np.array([LABEL_COUNTS[c.client_id] for c in accepted], dtype=float) if label_counts else None
-            consensus = reference_consensus([c.payload for c in accepted], [c.weight for c in accepted], ids, rule, support)
+            consensus = reference_consensus(
+                [c.payload for c in accepted], [c.weight for c in accepted], ids, rule, support
+            )
             rejected = [("client-2", 102, "payload truncated")] if (run, r) == (RUN_A, 3) else []
-            ledger.record_round(run_id=run, round_index=r, accepted=accepted, rejected=rejected, rule=rule,
-                                consensus_ids=ids, consensus=consensus)
+            ledger.record_round(
+                run_id=run,
+                round_index=r,
+                accepted=accepted,
+                rejected=rejected,
+                rule=rule,
+                consensus_ids=ids,
+                consensus=consensus,
+            )
     ledger.close()
     return path
 
@@ -67,7 +95,9 @@ def snapshot(path: Path, *, tables: tuple[str, ...] | None = None) -> dict[str, 
     """Every row of every table (or of ``tables``), for 'nothing changed' checks."""
     db = sqlite3.connect(path)
     try:
-        names = tables or tuple(n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"))
+        names = tables or tuple(
+            n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        )
         return {n: db.execute(f"SELECT * FROM {n} ORDER BY rowid").fetchall() for n in names}
     finally:
         db.close()
@@ -99,7 +129,16 @@ def material(tmp_path_factory) -> Material:
     folder = tmp_path_factory.mktemp("pki")
     m = write_unlearning_material(folder)
     stranger = write_unlearning_material(folder / "elsewhere", operator="stranger")
-    return Material(m.ca_cert, m.tls_cert, m.tls_key, m.signing_key, m.signing_pub, m.operators, m.operator_key, stranger.operator_key)
+    return Material(
+        m.ca_cert,
+        m.tls_cert,
+        m.tls_key,
+        m.signing_key,
+        m.signing_pub,
+        m.operators,
+        m.operator_key,
+        stranger.operator_key,
+    )
 
 
 @pytest.fixture
@@ -110,10 +149,19 @@ def ledger_path(tmp_path) -> Path:
 # -- a tiny real run for the model modes: real MiniLM teacher and student, checkpoints by TeacherNode ------
 TINY_RUN = "tiny-run"
 TINY = {  # the smoke preset, smaller: 3 clients, 3 rounds of 8 public inputs from a pool of 16 (round 3 re-sends 0-7)
-    "data.test_size": 8, "data.public_size": 16, "data.private_size": 30, "federation.rounds": 3,
-    "federation.public_per_round": 8, "train.batch_size": 8, "train.micro_batch_size": 8,
+    "data.test_size": 8,
+    "data.public_size": 16,
+    "data.private_size": 30,
+    "federation.rounds": 3,
+    "federation.public_per_round": 8,
+    "train.batch_size": 8,
+    "train.micro_batch_size": 8,
 }
-TINY_PLAN = {1: ["client-0", "client-2"], 2: ["client-0", "client-1", "client-2"], 3: ["client-0", "client-1", "client-2"]}
+TINY_PLAN = {
+    1: ["client-0", "client-2"],
+    2: ["client-0", "client-1", "client-2"],
+    3: ["client-0", "client-1", "client-2"],
+}
 TINY_TARGET = "client-1"  # first contributes in round 2: exact replay restores round 1's checkpoint
 
 
@@ -145,18 +193,35 @@ def build_tiny_run(folder: Path) -> Path:
     for r, clients in TINY_PLAN.items():
         ids = (np.arange((r - 1) * k, r * k) % config.data.public_size).astype(np.int64)
         accepted = [
-            Contribution(cid, 100 + int(cid[-1]), ids, encode_logits(ids, rng.normal(size=(k, 3)) * 2, dtype="float16"),
-                         float(len(data.clients[int(cid[-1])].train)))
+            Contribution(
+                cid,
+                100 + int(cid[-1]),
+                ids,
+                encode_logits(ids, rng.normal(size=(k, 3)) * 2, dtype="float16"),
+                float(len(data.clients[int(cid[-1])].train)),
+            )
             for cid in clients
         ]
         support, _ = support_matrix(clients, counts)
         consensus = recompute_consensus(
-            [c.payload for c in accepted], [c.weight for c in accepted], ids=ids, num_classes=3,
-            rule=get_rule(config.federation.aggregation), temperature=config.train.temperature,
-            min_replies=config.federation.min_replies, support=support,
+            [c.payload for c in accepted],
+            [c.weight for c in accepted],
+            ids=ids,
+            num_classes=3,
+            rule=get_rule(config.federation.aggregation),
+            temperature=config.train.temperature,
+            min_replies=config.federation.min_replies,
+            support=support,
         )
-        ledger.record_round(run_id=TINY_RUN, round_index=r, accepted=accepted, rejected=[], rule=config.federation.aggregation,
-                            consensus_ids=ids, consensus=consensus)
+        ledger.record_round(
+            run_id=TINY_RUN,
+            round_index=r,
+            accepted=accepted,
+            rejected=[],
+            rule=config.federation.aggregation,
+            consensus_ids=ids,
+            consensus=consensus,
+        )
         log_probs = np.log(np.clip(consensus.astype(np.float64), 1e-12, None)).astype(np.float32)
         node.teach(round_index=r, consensus=encode_logits(ids, log_probs, dtype="float32"), output_dir=folder)
     ledger.close()

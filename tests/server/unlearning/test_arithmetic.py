@@ -9,10 +9,16 @@ import pytest
 from nebula.common.wire import encode_logits
 from nebula.server.aggregation import available_rules, get_rule
 from nebula.server.unlearning.arithmetic import (
-    SUPPORT_LABEL_COUNTS, SUPPORT_NONE, consensus_sha256, digest_of, payload_sha256, recompute_consensus, support_matrix,
+    SUPPORT_LABEL_COUNTS,
+    SUPPORT_NONE,
+    consensus_sha256,
+    digest_of,
+    payload_sha256,
+    recompute_consensus,
+    support_matrix,
 )
 
-from .conftest import C, N, TEMPERATURE, reference_consensus
+from .conftest import TEMPERATURE, C, N, reference_consensus
 
 IDS = np.arange(N, dtype=np.int64)
 
@@ -26,7 +32,9 @@ def test_hashes_are_over_the_stored_bytes():
     blob = b"NBLG payload"
     assert payload_sha256(blob) == hashlib.sha256(blob).hexdigest()
     probs = np.full((N, C), 1 / C, dtype=np.float32)
-    expected = hashlib.sha256(b"NBCS" + struct.pack("<II", N, C) + IDS.astype("<i8").tobytes() + probs.astype("<f4").tobytes())
+    expected = hashlib.sha256(
+        b"NBCS" + struct.pack("<II", N, C) + IDS.astype("<i8").tobytes() + probs.astype("<f4").tobytes()
+    )
     assert consensus_sha256(IDS, probs) == expected.hexdigest()
     assert consensus_sha256(IDS, probs.astype(np.float64)) == expected.hexdigest()  # hashed as stored: float32
     assert consensus_sha256(IDS[::-1], probs) != expected.hexdigest()
@@ -40,8 +48,16 @@ def test_digest_of_ignores_order():
 def test_recompute_equals_the_rule_on_the_given_clients(rule):
     payloads, weights = _payloads(4), [3.0, 1.0, 2.0, 5.0]
     support = np.array([[1, 2, 3], [0, 4, 1], [2, 2, 2], [5, 0, 0]], dtype=float)
-    got = recompute_consensus(payloads, weights, ids=IDS, num_classes=C, rule=get_rule(rule), temperature=TEMPERATURE,
-                              min_replies=2, support=support)
+    got = recompute_consensus(
+        payloads,
+        weights,
+        ids=IDS,
+        num_classes=C,
+        rule=get_rule(rule),
+        temperature=TEMPERATURE,
+        min_replies=2,
+        support=support,
+    )
     assert got.dtype == np.float32 and got.shape == (N, C)
     np.testing.assert_array_equal(got, reference_consensus(payloads, weights, IDS, rule, support))
 
@@ -86,8 +102,12 @@ def test_the_correction_ranks_the_rows_furthest_from_their_targets_first():
 def test_the_former_targets_are_gathered_as_the_teacher_gathered_them():
     from nebula.server.unlearning.fast_correction import consensus_change
 
-    p = lambda *rows: np.array(rows, dtype=np.float32)  # noqa: E731
-    before = {1: (np.array([0, 1]), p([0.9, 0.1], [0.2, 0.8])), 2: (np.array([1, 2]), p([0.6, 0.4], [0.5, 0.5])), 3: None}
+    p = lambda *rows: np.array(rows, dtype=np.float32)
+    before = {
+        1: (np.array([0, 1]), p([0.9, 0.1], [0.2, 0.8])),
+        2: (np.array([1, 2]), p([0.6, 0.4], [0.5, 0.5])),
+        3: None,
+    }
     after = p([0.7, 0.3], [0.5, 0.5], [0.5, 0.5])
     old = consensus_change(before, np.array([0, 1, 2]), after)
     np.testing.assert_allclose(old, [[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], atol=1e-6)  # id 1: round 2's, the later

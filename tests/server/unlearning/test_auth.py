@@ -48,8 +48,11 @@ def test_untrusted_key(operator):
 
 @pytest.mark.parametrize(
     "method, fields",
-    [("SubmitUnlearn", {**FIELDS, "client_id": "client-2"}), ("SubmitUnlearn", {**FIELDS, "mode": "reaggregate"}),
-     ("GetStatus", FIELDS)],
+    [
+        ("SubmitUnlearn", {**FIELDS, "client_id": "client-2"}),
+        ("SubmitUnlearn", {**FIELDS, "mode": "reaggregate"}),
+        ("GetStatus", FIELDS),
+    ],
 )
 def test_a_signature_covers_the_fields_and_the_method(operator, method, fields):
     key, trusted = operator
@@ -61,8 +64,10 @@ def test_a_signature_covers_the_fields_and_the_method(operator, method, fields):
 def test_nonce_and_timestamp_are_signed(operator):
     key, trusted = operator
     auth = sign_call(key, "SubmitUnlearn", FIELDS, timestamp_ms=NOW)
-    for changed in (auth.__class__(auth.key_id, NOW + 1, auth.nonce, auth.signature),
-                    auth.__class__(auth.key_id, NOW, "f" * 32, auth.signature)):
+    for changed in (
+        auth.__class__(auth.key_id, NOW + 1, auth.nonce, auth.signature),
+        auth.__class__(auth.key_id, NOW, "f" * 32, auth.signature),
+    ):
         with pytest.raises(OperatorAuthError, match="bad signature"):
             _check(trusted, changed)
 

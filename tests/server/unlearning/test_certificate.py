@@ -1,4 +1,7 @@
-"""Certificates: built from an outcome, signed, verified; tampering, other keys and bad files are refused with the reason."""
+"""Certificates: built from an outcome, signed, verified.
+
+Tampering, other keys and bad files are refused with the reason.
+"""
 
 import json
 
@@ -14,11 +17,18 @@ from nebula.server.unlearning.crypto import canonical_json, key_id
 from nebula.server.unlearning.requests import UnlearnRequest
 
 KEY = Ed25519PrivateKey.generate()
-REQUEST = UnlearnRequest("req-1", "sha256:op", "k1", "client-1", "art. 17", "reaggregate", "running", 1.7e9, 1.7e9, None, 1, "", "")
+REQUEST = UnlearnRequest(
+    "req-1", "sha256:op", "k1", "client-1", "art. 17", "reaggregate", "running", 1.7e9, 1.7e9, None, 1, "", ""
+)
 OUTCOME = UnlearnOutcome(
-    tombstones=[Tombstone("req-1", "run-a", 1, "client-1", "aa" * 32, 160, 11.0), Tombstone("req-1", "run-a", 2, "client-1", "bb" * 32, 160, 11.0)],
-    revisions=[ConsensusRevision("req-1", "run-a", 1, "11" * 32, "22" * 32, ["client-0", "client-1"], ["client-0"], "none"),
-               ConsensusRevision("req-1", "run-b", 3, "33" * 32, None, ["client-1", "client-2"], [], "none")],
+    tombstones=[
+        Tombstone("req-1", "run-a", 1, "client-1", "aa" * 32, 160, 11.0),
+        Tombstone("req-1", "run-a", 2, "client-1", "bb" * 32, 160, 11.0),
+    ],
+    revisions=[
+        ConsensusRevision("req-1", "run-a", 1, "11" * 32, "22" * 32, ["client-0", "client-1"], ["client-0"], "none"),
+        ConsensusRevision("req-1", "run-b", 3, "33" * 32, None, ["client-1", "client-2"], [], "none"),
+    ],
 )
 
 
@@ -30,7 +40,11 @@ def signed():
 def test_certificate_says_what_was_done(signed):
     assert signed["request_id"] == "req-1" and signed["client_id"] == "client-1" and signed["mode"] == "reaggregate"
     assert signed["runs"] == ["run-a", "run-b"]
-    assert signed["rounds_affected"] == [{"run_id": "run-a", "round": 1}, {"run_id": "run-a", "round": 2}, {"run_id": "run-b", "round": 3}]
+    assert signed["rounds_affected"] == [
+        {"run_id": "run-a", "round": 1},
+        {"run_id": "run-a", "round": 2},
+        {"run_id": "run-b", "round": 3},
+    ]
     removed = signed["ledger_rows_removed"]
     assert removed["count"] == 2 and removed["payloads_sha256"] == digest_of(["aa" * 32, "bb" * 32])
     assert [c["after_sha256"] for c in signed["consensus"]] == ["22" * 32, None]
@@ -51,8 +65,12 @@ def test_verify_accepts_a_dict_a_file_and_pem_bytes(signed, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("client_id", "client-2"), ("ledger_rows_removed", {"count": 0, "payloads_sha256": "", "rows": []}),
-     ("verification", {"forgotten_acc": "0.3"}), ("created_at", "2020-01-01T00:00:00.000Z")],
+    [
+        ("client_id", "client-2"),
+        ("ledger_rows_removed", {"count": 0, "payloads_sha256": "", "rows": []}),
+        ("verification", {"forgotten_acc": "0.3"}),
+        ("created_at", "2020-01-01T00:00:00.000Z"),
+    ],
 )
 def test_a_changed_field_breaks_the_signature(signed, field, value):
     tampered = {**signed, field: value}
@@ -71,7 +89,9 @@ def test_another_key_is_named(signed):
     other = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(CertificateError, match=f"wrong key.*{key_id(KEY.public_key())}.*{key_id(other)}"):
         verify_certificate(signed, other)
-    forged = sign_certificate({**signed, "client_id": "client-9"}, Ed25519PrivateKey.generate())  # re-signed by a stranger
+    forged = sign_certificate(
+        {**signed, "client_id": "client-9"}, Ed25519PrivateKey.generate()
+    )  # re-signed by a stranger
     with pytest.raises(CertificateError, match="wrong key"):
         verify_certificate(forged, KEY.public_key())
 

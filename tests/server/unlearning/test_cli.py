@@ -48,12 +48,54 @@ def test_bad_files_exit_2(material, tmp_path, capsys):
     ops = ["--server", "127.0.0.1:1", "--ca", str(material.ca_cert)]
     assert main(["unlearn", "list", *ops, "--key", str(tmp_path / "none.key")]) == 2
     assert "none.key" in capsys.readouterr().err
-    assert main(["unlearn", "list", "--server", "h:1", "--ca", str(tmp_path / "none.pem"), "--key", str(material.operator_key)]) == 2
+    assert (
+        main(
+            [
+                "unlearn",
+                "list",
+                "--server",
+                "h:1",
+                "--ca",
+                str(tmp_path / "none.pem"),
+                "--key",
+                str(material.operator_key),
+            ]
+        )
+        == 2
+    )
     assert "none.pem" in capsys.readouterr().err
-    assert main(["unlearn", "client-1", "--reason", "r", "--mode", "purge", "--out", "c.json", *ops,
-                 "--key", str(material.operator_key)]) == 2
+    assert (
+        main(
+            [
+                "unlearn",
+                "client-1",
+                "--reason",
+                "r",
+                "--mode",
+                "purge",
+                "--out",
+                "c.json",
+                *ops,
+                "--key",
+                str(material.operator_key),
+            ]
+        )
+        == 2
+    )
     assert "--out needs --wait" in capsys.readouterr().err
-    serve = ["unlearn", "serve", "--ledger", str(tmp_path / "none.sqlite"), "--operators", str(material.operators),
-             "--signing-key", str(material.signing_key), "--tls-cert", str(material.tls_cert), "--tls-key", str(material.tls_key)]
+    serve = [
+        "unlearn",
+        "serve",
+        "--ledger",
+        str(tmp_path / "none.sqlite"),
+        "--operators",
+        str(material.operators),
+        "--signing-key",
+        str(material.signing_key),
+        "--tls-cert",
+        str(material.tls_cert),
+        "--tls-key",
+        str(material.tls_key),
+    ]
     assert main(serve) == 2
     assert "none.sqlite does not exist" in capsys.readouterr().err

@@ -35,11 +35,33 @@ class Service:
     """``nebula unlearn serve`` in a subprocess, its output lines read by threads."""
 
     def __init__(self, material, ledger: Path, **env: str) -> None:
-        cmd = [sys.executable, "-m", "nebula.cli.main", "unlearn", "serve", "--ledger", str(ledger), "--port", "0",
-               "--operators", str(material.operators), "--signing-key", str(material.signing_key),
-               "--tls-cert", str(material.tls_cert), "--tls-key", str(material.tls_key)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "nebula.cli.main",
+            "unlearn",
+            "serve",
+            "--ledger",
+            str(ledger),
+            "--port",
+            "0",
+            "--operators",
+            str(material.operators),
+            "--signing-key",
+            str(material.signing_key),
+            "--tls-cert",
+            str(material.tls_cert),
+            "--tls-key",
+            str(material.tls_key),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=lambda s=stream: [self.lines.put(line) for line in s], daemon=True).start()
@@ -92,7 +114,10 @@ def test_killed_mid_request_resumes_and_finishes_exactly_once(material, ledger_p
             deadline = time.monotonic() + TIMEOUT_S
             while (status := api.status(request_id)).status in ("queued", "running") and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert api.submit(TARGET, reason="art. 17", mode="reaggregate", idempotency_key="crash-1").request_id == request_id
+            assert (
+                api.submit(TARGET, reason="art. 17", mode="reaggregate", idempotency_key="crash-1").request_id
+                == request_id
+            )
     finally:
         second.kill()
 
@@ -108,6 +133,8 @@ def test_killed_mid_request_resumes_and_finishes_exactly_once(material, ledger_p
         rest = [c for _, c in ledger.contributions(v.run_id, v.round)]
         assert [c.client_id for c in rest] == [c for c in PLAN[v.run_id][v.round] if c != TARGET]
         support = np.array([ledger.label_counts(v.run_id)[c.client_id] for c in rest], dtype=float)
-        assert (after == reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, "mean", support)).all()
+        assert (
+            after == reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, "mean", support)
+        ).all()
     assert store.get(request_id).status == "done" and len(store.list()) == 1
     assert ledger.consensus_rounds(contributor=TARGET) == [] and RUN_A in cert["runs"]

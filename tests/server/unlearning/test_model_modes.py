@@ -61,7 +61,10 @@ def test_exact_replay_restores_the_last_clean_checkpoint_and_replays_the_rest(ti
     outcome = _apply(tiny_run, "exact-replay")
 
     models = outcome.models
-    assert models["restored_from"] == "checkpoints/round-001" and models["rounds_replayed"] == [2, 3]  # client-1 joined in round 2
+    assert models["restored_from"] == "checkpoints/round-001" and models["rounds_replayed"] == [
+        2,
+        3,
+    ]  # client-1 joined in round 2
     assert models["before"] == "checkpoints/round-003" and models["output"] == "unlearning/req-1"
     assert (models["teacher"]["before_sha256"], models["student"]["before_sha256"]) == original[3]
     assert models["teacher"]["after_sha256"] != models["teacher"]["before_sha256"]
@@ -91,10 +94,15 @@ def test_a_client_of_round_1_is_replayed_from_the_initial_state(tiny_run):
 def test_fast_correction_changes_both_models_within_its_budget(tiny_run):
     budget = CorrectionBudget(teacher_steps=1, student_steps=1)
     models = _apply(tiny_run, FastCorrectionMode(budget)).models
-    assert models["budget"] == {"teacher_steps": 1, "student_steps": 1} and models["optimizer_steps"] == {"teacher": 1, "student": 1}
+    assert models["budget"] == {"teacher_steps": 1, "student_steps": 1} and models["optimizer_steps"] == {
+        "teacher": 1,
+        "student": 1,
+    }
     assert models["rounds_corrected"] == [2, 3]
     assert models["targeting"] == "consensus change"  # the inputs the client's removal changed most
-    assert (models["teacher"]["before_sha256"], models["student"]["before_sha256"]) == _hashes(tiny_run / "checkpoints" / "round-003")
+    assert (models["teacher"]["before_sha256"], models["student"]["before_sha256"]) == _hashes(
+        tiny_run / "checkpoints" / "round-003"
+    )
     for name in ("teacher", "student"):
         assert models[name]["after_sha256"] != models[name]["before_sha256"]
     with pytest.raises(ValueError, match="teacher_steps must be >= 1"):
@@ -116,7 +124,9 @@ def test_a_correction_resumed_after_the_reaggregation_ranks_by_the_teachers_disa
 
 def test_a_later_request_starts_from_the_current_models(tiny_run):
     replayed = _apply(tiny_run, "exact-replay", request_id="req-1").models
-    corrected = _apply(tiny_run, FastCorrectionMode(CorrectionBudget(1, 1)), client="client-2", request_id="req-2").models
+    corrected = _apply(
+        tiny_run, FastCorrectionMode(CorrectionBudget(1, 1)), client="client-2", request_id="req-2"
+    ).models
     assert corrected["before"] == "unlearning/req-1"
     assert corrected["teacher"]["before_sha256"] == replayed["teacher"]["after_sha256"]
 
@@ -142,15 +152,30 @@ def test_a_client_absent_from_the_latest_run_leaves_the_models(tiny_run):
 
 @pytest.mark.parametrize("mode", ["exact-replay", "fast-correction"])
 def test_the_service_carries_out_a_model_mode_and_certifies_the_hashes(tiny_run, material, tmp_path, capsys, mode):
-    server = UnlearningServer(ServeConfig(
-        ledger=tiny_run / "ledger.sqlite", operators=material.operators, signing_key=material.signing_key,
-        tls_cert=material.tls_cert, tls_key=material.tls_key, port=0,
-    ))
+    server = UnlearningServer(
+        ServeConfig(
+            ledger=tiny_run / "ledger.sqlite",
+            operators=material.operators,
+            signing_key=material.signing_key,
+            tls_cert=material.tls_cert,
+            tls_key=material.tls_key,
+            port=0,
+        )
+    )
     server.start()
     try:
         cert_path = tmp_path / "cert.json"
-        ops = ["--server", f"127.0.0.1:{server.port}", "--ca", str(material.ca_cert), "--key", str(material.operator_key)]
-        rc = main(["unlearn", TINY_TARGET, "--reason", "art. 17", "--mode", mode, "--wait", "--out", str(cert_path), *ops])
+        ops = [
+            "--server",
+            f"127.0.0.1:{server.port}",
+            "--ca",
+            str(material.ca_cert),
+            "--key",
+            str(material.operator_key),
+        ]
+        rc = main(
+            ["unlearn", TINY_TARGET, "--reason", "art. 17", "--mode", mode, "--wait", "--out", str(cert_path), *ops]
+        )
     finally:
         server.stop()
     out = capsys.readouterr().out

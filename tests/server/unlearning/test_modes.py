@@ -39,7 +39,10 @@ def _apply(path, mode: str, request_id: str = "req-1"):
 def test_registry_lists_the_modes_that_exist():
     assert available_modes() == ("exact-replay", "fast-correction", "purge", "reaggregate")
     assert MODES == ("purge", "reaggregate")
-    with pytest.raises(InvalidUnlearnRequest, match="unknown unlearning mode 'retrain'; available: exact-replay, fast-correction, purge"):
+    with pytest.raises(
+        InvalidUnlearnRequest,
+        match="unknown unlearning mode 'retrain'; available: exact-replay, fast-correction, purge",
+    ):
         get_mode("retrain")
 
 
@@ -96,10 +99,19 @@ def test_reaggregate_recomputes_each_affected_round_from_the_others(tmp_path, ru
     for v in outcome.revisions:
         ids, after = ledger.consensus(v.run_id, v.round)
         rest = [c for _, c in ledger.contributions(v.run_id, v.round)]
-        assert [c.client_id for c in rest] == [c for c in PLAN[v.run_id][v.round] if c != TARGET] == v.contributors_after
+        assert (
+            [c.client_id for c in rest] == [c for c in PLAN[v.run_id][v.round] if c != TARGET] == v.contributors_after
+        )
         support = np.array([LABEL_COUNTS[c.client_id] for c in rest], dtype=float)
-        np.testing.assert_array_equal(after, reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, rule, support))
-        assert v.before_sha256 == consensus_sha256(*before[(v.run_id, v.round)]) != v.after_sha256 == consensus_sha256(ids, after)
+        np.testing.assert_array_equal(
+            after, reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, rule, support)
+        )
+        assert (
+            v.before_sha256
+            == consensus_sha256(*before[(v.run_id, v.round)])
+            != v.after_sha256
+            == consensus_sha256(ids, after)
+        )
         assert v.support == "label-counts" and TARGET in v.contributors_before
     np.testing.assert_array_equal(ledger.consensus(RUN_B, 2)[1], untouched[1])  # client-1 was not in that round
     ledger.close()
@@ -123,7 +135,9 @@ def test_without_label_counts_support_falls_back_to_weights(tmp_path):
     for v in outcome.revisions:
         ids, after = ledger.consensus(v.run_id, v.round)
         rest = [c for _, c in ledger.contributions(v.run_id, v.round)]
-        np.testing.assert_array_equal(after, reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, "class-support"))
+        np.testing.assert_array_equal(
+            after, reference_consensus([c.payload for c in rest], [c.weight for c in rest], ids, "class-support")
+        )
         assert v.support == "none"
     ledger.close()
 

@@ -100,7 +100,10 @@ def test_unknown_request_id(store):
         ({"client_id": " client-1"}, "leading or trailing"),
         ({"client_id": "x" * 257}, "at most 256"),
         ({"reason": ""}, "reason is empty"),
-        ({"mode": "forget-harder"}, "unknown unlearning mode 'forget-harder'; available: exact-replay, fast-correction, purge, reaggregate"),
+        (
+            {"mode": "forget-harder"},
+            "unknown unlearning mode 'forget-harder'; available: exact-replay, fast-correction, purge, reaggregate",
+        ),
         ({"idempotency_key": ""}, "idempotency_key is empty"),
     ],
 )

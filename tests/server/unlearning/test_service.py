@@ -22,10 +22,17 @@ from .conftest import TARGET, other_rows, snapshot
 
 
 def _start(material, ledger: Path, *, live_run: bool) -> UnlearningServer:
-    server = UnlearningServer(ServeConfig(
-        ledger=ledger, operators=material.operators, signing_key=material.signing_key, tls_cert=material.tls_cert,
-        tls_key=material.tls_key, port=0, live_run=live_run,
-    ))
+    server = UnlearningServer(
+        ServeConfig(
+            ledger=ledger,
+            operators=material.operators,
+            signing_key=material.signing_key,
+            tls_cert=material.tls_cert,
+            tls_key=material.tls_key,
+            port=0,
+            live_run=live_run,
+        )
+    )
     server.start()
     return server
 
@@ -39,24 +46,39 @@ def service(material, ledger_path):
 
 @pytest.fixture
 def idle_service(material, ledger_path):
-    server = _start(material, ledger_path, live_run=True)  # stores requests, carries out none: state changes only by submits
+    server = _start(
+        material, ledger_path, live_run=True
+    )  # stores requests, carries out none: state changes only by submits
     yield server
     server.stop()
 
 
 def _operator_args(server, material, key=None) -> list[str]:
-    return ["--server", f"127.0.0.1:{server.port}", "--ca", str(material.ca_cert), "--key", str(key or material.operator_key)]
+    return [
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "--ca",
+        str(material.ca_cert),
+        "--key",
+        str(key or material.operator_key),
+    ]
 
 
 def _stub(server, material):
-    channel = grpc.secure_channel(f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(material.ca_cert.read_bytes()))
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(material.ca_cert.read_bytes())
+    )
     return pb_grpc.UnlearningStub(channel)
 
 
 def _signed(key_path, method="SubmitUnlearn", message=None, **sign_kwargs):
-    message = message or pb.SubmitUnlearnRequest(client_id=TARGET, reason="art. 17", mode="purge", idempotency_key="k-1")
+    message = message or pb.SubmitUnlearnRequest(
+        client_id=TARGET, reason="art. 17", mode="purge", idempotency_key="k-1"
+    )
     auth = sign_call(load_private_key(key_path), method, call_fields(method, message), **sign_kwargs)
-    message.auth.CopyFrom(pb.OperatorAuth(key_id=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce, signature=auth.signature))
+    message.auth.CopyFrom(
+        pb.OperatorAuth(key_id=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce, signature=auth.signature)
+    )
     return message
 
 
@@ -64,8 +86,22 @@ def test_cli_submits_waits_lists_and_verifies(service, material, ledger_path, tm
     others = other_rows(ledger_path)
     cert_path = tmp_path / "cert.json"
     ops = _operator_args(service, material)
-    rc = main(["unlearn", TARGET, "--reason", "GDPR art. 17 #12", "--mode", "reaggregate", "--request-key", "ticket-12",
-               "--wait", "--out", str(cert_path), *ops])
+    rc = main(
+        [
+            "unlearn",
+            TARGET,
+            "--reason",
+            "GDPR art. 17 #12",
+            "--mode",
+            "reaggregate",
+            "--request-key",
+            "ticket-12",
+            "--wait",
+            "--out",
+            str(cert_path),
+            *ops,
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     request_id = re.search(r"request ([0-9a-f]{32}) queued", out).group(1)
@@ -90,8 +126,23 @@ def test_cli_submits_waits_lists_and_verifies(service, material, ledger_path, tm
     assert request_id in listing and "1 request(s)" in listing
 
     # the same key and content again: the same request, nothing new done
-    assert main(["unlearn", "submit", TARGET, "--reason", "GDPR art. 17 #12", "--mode", "reaggregate",
-                 "--request-key", "ticket-12", *ops]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                "submit",
+                TARGET,
+                "--reason",
+                "GDPR art. 17 #12",
+                "--mode",
+                "reaggregate",
+                "--request-key",
+                "ticket-12",
+                *ops,
+            ]
+        )
+        == 0
+    )
     assert f"request {request_id} done (already submitted with this key)" in capsys.readouterr().out
 
 
@@ -107,8 +158,23 @@ def test_verify_exit_codes(service, material, tmp_path, capsys):
 
 def test_a_tampered_certificate_fails_verify(service, material, tmp_path, capsys):
     cert_path = tmp_path / "cert.json"
-    assert main(["unlearn", TARGET, "--reason", "r", "--mode", "purge", "--wait", "--out", str(cert_path),
-                 *_operator_args(service, material)]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                TARGET,
+                "--reason",
+                "r",
+                "--mode",
+                "purge",
+                "--wait",
+                "--out",
+                str(cert_path),
+                *_operator_args(service, material),
+            ]
+        )
+        == 0
+    )
     cert = json.loads(cert_path.read_text())
     cert["ledger_rows_removed"]["count"] = 0
     cert_path.write_text(json.dumps(cert))
@@ -117,20 +183,49 @@ def test_a_tampered_certificate_fails_verify(service, material, tmp_path, capsys
 
 
 REFUSALS = {
-    "unknown client": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
-        client_id="ghost", reason="r", mode="purge", idempotency_key="k")), grpc.StatusCode.NOT_FOUND, "client 'ghost' never took part"),
-    "empty client id": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
-        client_id="", reason="r", mode="purge", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT, "client_id is empty"),
-    "unknown mode": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
-        client_id=TARGET, reason="r", mode="forget-harder", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT,
-        "unknown unlearning mode 'forget-harder'"),
-    "no reason": (lambda m: _signed(m.operator_key, message=pb.SubmitUnlearnRequest(
-        client_id=TARGET, reason="", mode="purge", idempotency_key="k")), grpc.StatusCode.INVALID_ARGUMENT, "reason is empty"),
-    "unsigned": (lambda m: pb.SubmitUnlearnRequest(client_id=TARGET, reason="r", mode="purge", idempotency_key="k"),
-                 grpc.StatusCode.UNAUTHENTICATED, "not signed"),
+    "unknown client": (
+        lambda m: _signed(
+            m.operator_key,
+            message=pb.SubmitUnlearnRequest(client_id="ghost", reason="r", mode="purge", idempotency_key="k"),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "client 'ghost' never took part",
+    ),
+    "empty client id": (
+        lambda m: _signed(
+            m.operator_key, message=pb.SubmitUnlearnRequest(client_id="", reason="r", mode="purge", idempotency_key="k")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "client_id is empty",
+    ),
+    "unknown mode": (
+        lambda m: _signed(
+            m.operator_key,
+            message=pb.SubmitUnlearnRequest(client_id=TARGET, reason="r", mode="forget-harder", idempotency_key="k"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown unlearning mode 'forget-harder'",
+    ),
+    "no reason": (
+        lambda m: _signed(
+            m.operator_key,
+            message=pb.SubmitUnlearnRequest(client_id=TARGET, reason="", mode="purge", idempotency_key="k"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "reason is empty",
+    ),
+    "unsigned": (
+        lambda m: pb.SubmitUnlearnRequest(client_id=TARGET, reason="r", mode="purge", idempotency_key="k"),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "not signed",
+    ),
     "untrusted key": (lambda m: _signed(m.stranger_key), grpc.StatusCode.PERMISSION_DENIED, "is not trusted"),
     "bad signature": (lambda m: _resigned_for_other_client(m), grpc.StatusCode.PERMISSION_DENIED, "bad signature"),
-    "stale timestamp": (lambda m: _signed(m.operator_key, timestamp_ms=1_000), grpc.StatusCode.PERMISSION_DENIED, "outside the 300 s window"),
+    "stale timestamp": (
+        lambda m: _signed(m.operator_key, timestamp_ms=1_000),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "outside the 300 s window",
+    ),
 }
 
 
@@ -157,7 +252,10 @@ def test_a_replayed_submission_is_refused(idle_service, material, ledger_path):
     after_first = snapshot(ledger_path)
     with pytest.raises(grpc.RpcError) as refused:
         stub.SubmitUnlearn(message, timeout=10)
-    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "replayed request: nonce" in refused.value.details()
+    assert (
+        refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        and "replayed request: nonce" in refused.value.details()
+    )
     assert snapshot(ledger_path) == after_first
     again = stub.SubmitUnlearn(_signed(material.operator_key), timeout=10)  # a fresh signature: idempotent, same id
     assert again.request_id == first.request_id and not again.created
@@ -208,7 +306,20 @@ def test_cli_refusals_exit_2_with_the_reason(idle_service, material, capsys):
     ops = _operator_args(idle_service, material)
     assert main(["unlearn", "ghost", "--reason", "r", "--mode", "purge", *ops]) == 2
     assert "NOT_FOUND: client 'ghost' never took part" in capsys.readouterr().err
-    assert main(["unlearn", TARGET, "--reason", "r", "--mode", "purge", *_operator_args(idle_service, material, material.stranger_key)]) == 2
+    assert (
+        main(
+            [
+                "unlearn",
+                TARGET,
+                "--reason",
+                "r",
+                "--mode",
+                "purge",
+                *_operator_args(idle_service, material, material.stranger_key),
+            ]
+        )
+        == 2
+    )
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert main(["unlearn", "status", "nope", *ops]) == 2
     assert "NOT_FOUND: no unlearning request has id 'nope'" in capsys.readouterr().err
@@ -218,7 +329,16 @@ def test_cli_refusals_exit_2_with_the_reason(idle_service, material, capsys):
 
 
 def test_unreachable_service_exits_1(material, capsys):
-    ops = ["--server", "127.0.0.1:1", "--ca", str(material.ca_cert), "--key", str(material.operator_key), "--timeout", "1"]
+    ops = [
+        "--server",
+        "127.0.0.1:1",
+        "--ca",
+        str(material.ca_cert),
+        "--key",
+        str(material.operator_key),
+        "--timeout",
+        "1",
+    ]
     assert main(["unlearn", "list", *ops]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
 
@@ -232,8 +352,13 @@ def test_reads_are_signed_and_checked_too(idle_service, material):
         stub.GetStatus(_signed(material.stranger_key, "GetStatus", pb.GetStatusRequest(request_id="x")), timeout=10)
     assert stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError) as bad_filter:
-        stub.ListRequests(_signed(material.operator_key, "ListRequests", pb.ListRequestsRequest(status="nope")), timeout=10)
-    assert bad_filter.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "status must be empty or one of" in bad_filter.value.details()
+        stub.ListRequests(
+            _signed(material.operator_key, "ListRequests", pb.ListRequestsRequest(status="nope")), timeout=10
+        )
+    assert (
+        bad_filter.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "status must be empty or one of" in bad_filter.value.details()
+    )
     with pytest.raises(grpc.RpcError) as empty_id:
         stub.GetStatus(_signed(material.operator_key, "GetStatus", pb.GetStatusRequest(request_id="")), timeout=10)
     assert empty_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from nebula.server.unlearning.verification import (
-    SETS, average_ranks, cross_entropy, markdown_table, mia_auc, rank_auc, verification_row, verification_rows,
+    SETS,
+    average_ranks,
+    cross_entropy,
+    markdown_table,
+    mia_auc,
+    rank_auc,
+    verification_row,
+    verification_rows,
 )
 
 
@@ -46,7 +53,12 @@ def _sets(forgotten_right: bool) -> dict[str, np.ndarray]:
     return {"forgotten": good if forgotten_right else bad, "forgotten_holdout": bad, "others": good, "test": good[:2]}
 
 
-LABELS = {"forgotten": np.zeros(4, int), "forgotten_holdout": np.zeros(4, int), "others": np.zeros(4, int), "test": np.zeros(2, int)}
+LABELS = {
+    "forgotten": np.zeros(4, int),
+    "forgotten_holdout": np.zeros(4, int),
+    "others": np.zeros(4, int),
+    "test": np.zeros(2, int),
+}
 
 
 def test_a_row_holds_the_accuracies_and_the_attack_auc():
@@ -63,7 +75,9 @@ def test_rows_measure_gaps_and_speedups_against_the_retrained_model():
         "exact-replay": {"teacher": _sets(False)},
         "retrained": {"teacher": _sets(False)},
     }
-    rows = {r["variant"]: r for r in verification_rows(logits, LABELS, seconds={"exact-replay": 5.0, "retrained": 100.0})}
+    rows = {
+        r["variant"]: r for r in verification_rows(logits, LABELS, seconds={"exact-replay": 5.0, "retrained": 100.0})
+    }
     assert rows["original"]["d_acc_forgotten"] == 100.0 and rows["original"]["d_mia_auc"] == 0.5
     assert rows["original"]["speedup"] is None  # no time given
     assert rows["exact-replay"]["d_acc_forgotten"] == 0.0 and rows["exact-replay"]["d_mia_auc"] == 0.0
