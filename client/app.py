@@ -63,6 +63,15 @@ def forwarded(handler):
     return wrapped
 
 
+def _handler(register):
+    """Register the handler with ``register`` (``app.query(name)`` or ``app.train(name)``), guarded and forwarded."""
+
+    def decorate(handler):
+        return register(guarded(forwarded(handler)))
+
+    return decorate
+
+
 def _setup(msg: Message, context: Context, kind: type):
     """``(request, node)`` of a message of kind ``kind``; sets torch's threads for a training role."""
     request, node = read_request(msg, context, kind)
@@ -98,9 +107,7 @@ def _numpy_state(state) -> dict:
     return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
 
 
-@app.query("describe")
-@guarded
-@forwarded
+@_handler(app.query("describe"))
 def describe(msg: Message, context: Context) -> Message:
     request, node = _setup(msg, context, DescribeRequest)
     if node.role == keys.ROLE_INFERENCE:
@@ -108,9 +115,7 @@ def describe(msg: Message, context: Context) -> Message:
     return describe_reply(msg, node, _worker(request.envelope.config, node, context).describe())
 
 
-@app.train("round")
-@guarded
-@forwarded
+@_handler(app.train("round"))
 def train_round(msg: Message, context: Context) -> Message:
     request, node = _setup(msg, context, RoundRequest)
     if node.role == keys.ROLE_INFERENCE:
@@ -152,9 +157,7 @@ def _teacher_request(msg: Message, context: Context, kind: type):
     return _worker(request.envelope.config, node, context), node, request, _run_folder(context, request)
 
 
-@app.train("teach")
-@guarded
-@forwarded
+@_handler(app.train("teach"))
 def teach(msg: Message, context: Context) -> Message:
     teacher, node, request, folder = _teacher_request(msg, context, TeachRequest)
     out = teacher.teach(round_index=request.round_index, consensus=request.consensus, output_dir=folder.root)
@@ -163,9 +166,7 @@ def teach(msg: Message, context: Context) -> Message:
     )
 
 
-@app.train("restore")
-@guarded
-@forwarded
+@_handler(app.train("restore"))
 def restore(msg: Message, context: Context) -> Message:
     """After a server restart (server/resume.py) or a live unlearning request: the teacher loads a checkpoint
     and sends the global student back, and its logits on the request's query ids when asked (the next
@@ -182,9 +183,7 @@ def restore(msg: Message, context: Context) -> Message:
     return answer(msg, RestoreReply(node.client_id, refined, _numpy_state(student_state)))
 
 
-@app.query("finish")
-@guarded
-@forwarded
+@_handler(app.query("finish"))
 def finish(msg: Message, context: Context) -> Message:
     """Save this node's adapters where PeftModel.from_pretrained loads them."""
     request, node = _setup(msg, context, FinishRequest)

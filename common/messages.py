@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -171,18 +171,25 @@ class Envelope:
 
 
 @dataclass(frozen=True)
-class DescribeRequest:
-    """Server -> every node, once: who are you, what do you hold?"""
+class _EnvelopeOnly:
+    """A request that carries nothing but its envelope; a subclass names its ``TYPE``."""
 
-    TYPE: ClassVar[str] = keys.MSG_DESCRIBE
+    TYPE: ClassVar[str]
     envelope: Envelope
 
     def to_record(self) -> RecordDict:
         return self.envelope.record(self.TYPE, {})
 
     @classmethod
-    def from_record(cls, content: RecordDict) -> DescribeRequest:
+    def from_record(cls, content: RecordDict) -> Self:
         return cls(Envelope.read(cls.TYPE, content)[0])
+
+
+@dataclass(frozen=True)
+class DescribeRequest(_EnvelopeOnly):
+    """Server -> every node, once: who are you, what do you hold?"""
+
+    TYPE: ClassVar[str] = keys.MSG_DESCRIBE
 
 
 @dataclass(frozen=True)
@@ -295,18 +302,10 @@ class RestoreRequest:
 
 
 @dataclass(frozen=True)
-class FinishRequest:
+class FinishRequest(_EnvelopeOnly):
     """Server -> every node at the end of a run: save your adapters."""
 
     TYPE: ClassVar[str] = keys.MSG_FINISH
-    envelope: Envelope
-
-    def to_record(self) -> RecordDict:
-        return self.envelope.record(self.TYPE, {})
-
-    @classmethod
-    def from_record(cls, content: RecordDict) -> FinishRequest:
-        return cls(Envelope.read(cls.TYPE, content)[0])
 
 
 # -- replies: node -> server -------------------------------------------------------------------

@@ -7,17 +7,27 @@ Layout (all little-endian, no padding between sections)::
 
     offset  size      field
     0       4         magic b"NBLG"
-    4       1         format version (uint8), currently 1
+    4       1         format version (uint8), currently 2
     5       1         dtype code (uint8): 1 float16, 2 float32, 3 int8
     6       2         reserved (uint16), must be 0
     8       4         N: number of rows / public inputs (uint32)
     12      4         C: number of classes (uint32)
-    16      8 N       ids (int64), one public-input id per row, unique, >= 0
+    16      4         CRC-32 (zlib) of bytes 0-15 and of every byte after the header
+    20      8 N       ids (int64), one public-input id per row, unique, >= 0
     ...     4 N       int8 only: one float32 scale per row
     ...     b N C     the logits, row-major, b = 2 / 4 / 1 bytes per element
 
 The length of a blob is fully determined by its header (:func:`payload_nbytes`), so a
-truncated or over-long blob is always detected.
+truncated or over-long blob is always detected; the CRC catches bytes changed in transit or
+on disk (a flipped bit in a logit, an id or a scale).
+
+**Checked before anything is allocated.** The header alone is checked against what the
+receiver expects (its number of classes and, with ``expected_ids``, its number of rows) and
+against the blob's length, so a hostile header costs the receiver nothing; the body is read
+from the caller's buffer without copying it, and int8 decodes straight into float32.
+
+**Versions.** Version 1 (no CRC, a 16-byte header) is refused with a message that names it;
+payloads a ledger stored before version 2 are read with ``legacy=True`` (local, trusted data).
 
 Design choices
 --------------
@@ -40,19 +50,23 @@ Design choices
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 MAGIC = b"NBLG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # no CRC: read from a ledger only (``legacy=True``)
 WIRE_DTYPES = ("float16", "float32", "int8")
 MAX_ROWS = 1 << 24  # 16.7M public inputs in one payload
 MAX_CLASSES = 1 << 20  # covers the vocabularies of causal LMs (top-k logits stay far below)
 MAX_ELEMENTS = 1 << 30  # N * C; keeps a hostile header from asking for terabytes
 
-_HEADER = struct.Struct("<4sBBHII")
-HEADER_SIZE = _HEADER.size  # 16
+_HEADER = struct.Struct("<4sBBHIII")
+HEADER_SIZE = _HEADER.size  # 20
+_LEGACY_HEADER = struct.Struct("<4sBBHII")  # version 1: 16 bytes, no CRC
+_CRC_OFFSET = 16  # the CRC covers the header fields before it and everything after the header
 _CODES = {"float16": 1, "float32": 2, "int8": 3}
 _NAMES = {code: name for name, code in _CODES.items()}
 _NUMPY = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "int8": np.dtype("i1")}
@@ -83,7 +97,7 @@ class DecodedLogits:
 def payload_nbytes(n: int, c: int, *, dtype: str) -> int:
     """Exact size in bytes of a blob holding ``n`` rows of ``c`` classes in ``dtype``.
 
-    ``16 + 8 n (+ 4 n for int8) + bytes_per_element * n * c``.
+    ``20 + 8 n (+ 4 n for int8) + bytes_per_element * n * c``.
     """
     if dtype not in _CODES:
         raise WireFormatError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
@@ -143,12 +157,14 @@ def encode_logits(ids: np.ndarray, logits: np.ndarray, *, dtype: str = "float16"
         scales[scales == 0] = 1.0  # zero row, or so tiny the scale underflows
         q = np.clip(np.rint(z32 / scales[:, None]), -127, 127).astype(np.int8)  # (N, C)
         body = scales.astype("<f4").tobytes() + q.tobytes()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, _CODES[dtype], 0, n, c)
-    return header + ids64.astype("<i8").tobytes() + body
+    ids_bytes = ids64.astype("<i8").tobytes()
+    fields = _HEADER.pack(MAGIC, FORMAT_VERSION, _CODES[dtype], 0, n, c, 0)[:_CRC_OFFSET]
+    crc = zlib.crc32(body, zlib.crc32(ids_bytes, zlib.crc32(fields)))
+    return fields + struct.pack("<I", crc) + ids_bytes + body
 
 
 def decode_logits(
-    blob: bytes, *, expected_ids: np.ndarray | None = None, num_classes: int | None = None
+    blob: bytes, *, expected_ids: np.ndarray | None = None, num_classes: int | None = None, legacy: bool = False
 ) -> DecodedLogits:
     """Decode and validate a wire blob.
 
@@ -161,6 +177,8 @@ def decode_logits(
         the returned rows follow the order of ``expected_ids``.
     num_classes : int, optional
         The number of classes the receiver expects (C).
+    legacy : bool
+        Also read version-1 payloads (no CRC): for what a ledger stored before version 2.
 
     Returns
     -------
@@ -171,33 +189,44 @@ def decode_logits(
     ------
     WireFormatError
         Wrong magic, version or dtype code; nonzero reserved bytes; N or C zero or absurd;
-        truncated or over-long blob; NaN/Inf values or int8 scales; duplicate or negative
-        ids; ids unknown to or missing from ``expected_ids``; ``num_classes`` mismatch.
+        N or C other than the receiver expects; truncated or over-long blob; CRC mismatch;
+        NaN/Inf values or int8 scales; duplicate or negative ids; ids unknown to or missing
+        from ``expected_ids``.
     """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise WireFormatError(f"payload must be bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
-    if len(blob) < HEADER_SIZE:
-        raise WireFormatError(f"payload truncated: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    n, c, dtype = _read_header(blob, num_classes=num_classes)
-    ids, logits = _read_body(blob, n, c, dtype)
-
-    if expected_ids is not None:
-        order = _match_expected(ids, expected_ids)
+    view = memoryview(blob).cast("B")  # no copy of the caller's buffer
+    expected = None if expected_ids is None else _expected(expected_ids)
+    n, c, dtype, offset = _read_header(
+        view, num_classes=num_classes, expected_rows=None if expected is None else len(expected), legacy=legacy
+    )
+    ids, logits = _read_body(view, n, c, dtype, offset)
+    if expected is not None:
+        order = _match_expected(ids, expected)
         ids, logits = ids[order], logits[order]
     return DecodedLogits(ids=np.ascontiguousarray(ids), logits=np.ascontiguousarray(logits))
 
 
-def _read_header(blob: bytes, *, num_classes: int | None) -> tuple[int, int, str]:
-    """Validate the header of a blob at least ``HEADER_SIZE`` long, and its length against it.
-
-    Returns ``(N, C, dtype name)``.
-    """
-    magic, version, code, reserved, n, c = _HEADER.unpack_from(blob, 0)
+def _read_header(
+    view: memoryview, *, num_classes: int | None, expected_rows: int | None, legacy: bool
+) -> tuple[int, int, str, int]:
+    """Validate the header, and the blob's length and CRC against it; ``(N, C, dtype name, body offset)``."""
+    if len(view) < 5:
+        raise WireFormatError(f"payload truncated: {len(view)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version = bytes(view[:4]), view[4]
     if magic != MAGIC:
         raise WireFormatError(f"bad magic {magic!r}, expected {MAGIC!r}: not a Nebula logits payload")
-    if version != FORMAT_VERSION:
+    if version == LEGACY_VERSION and not legacy:
+        raise WireFormatError(
+            f"payload is in format version {LEGACY_VERSION} (no checksum), no longer accepted: this node reads "
+            f"version {FORMAT_VERSION}; update the sender to the same nebula-fd version"
+        )
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise WireFormatError(f"unsupported format version {version}, this reader supports {FORMAT_VERSION}")
+    layout = _HEADER if version == FORMAT_VERSION else _LEGACY_HEADER
+    if len(view) < layout.size:
+        raise WireFormatError(f"payload truncated: {len(view)} bytes, shorter than the {layout.size}-byte header")
+    _, _, code, reserved, n, c, *crc = layout.unpack_from(view, 0)
     if code not in _NAMES:
         raise WireFormatError(f"unknown dtype code {code}, known codes {dict(sorted(_NAMES.items()))}")
     if reserved != 0:
@@ -205,35 +234,38 @@ def _read_header(blob: bytes, *, num_classes: int | None) -> tuple[int, int, str
     _check_sizes(n, c)
     if num_classes is not None and c != num_classes:
         raise WireFormatError(f"num_classes mismatch: expected {num_classes}, got {c}")
+    if expected_rows is not None and n != expected_rows:
+        raise WireFormatError(f"payload has {n} rows, {expected_rows} public inputs were asked for")
     dtype = _NAMES[code]
-    expected_len = payload_nbytes(n, c, dtype=dtype)
-    if len(blob) != expected_len:
-        what = "truncated" if len(blob) < expected_len else "over-long"
+    expected_len = payload_nbytes(n, c, dtype=dtype) - HEADER_SIZE + layout.size
+    if len(view) != expected_len:
+        what = "truncated" if len(view) < expected_len else "over-long"
         raise WireFormatError(
-            f"payload {what}: {len(blob)} bytes, header (N={n}, C={c}, {dtype}) implies {expected_len}"
+            f"payload {what}: {len(view)} bytes, header (N={n}, C={c}, {dtype}) implies {expected_len}"
         )
-    return n, c, dtype
+    if crc and zlib.crc32(view[layout.size :], zlib.crc32(view[:_CRC_OFFSET])) != crc[0]:
+        raise WireFormatError("payload checksum mismatch: its bytes changed after it was encoded")
+    return n, c, dtype, layout.size
 
 
-def _read_body(blob: bytes, n: int, c: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_body(view: memoryview, n: int, c: int, dtype: str, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """The validated ids (N,) int64 and logits (N, C) float32 after the header, in wire order."""
-    offset = HEADER_SIZE
-    ids = np.frombuffer(blob, dtype="<i8", count=n, offset=offset).astype(np.int64)
+    ids = np.frombuffer(view, dtype="<i8", count=n, offset=offset).astype(np.int64)
     offset += 8 * n
     _check_ids(ids, where="payload ids")
     if dtype == "int8":
-        scales = np.frombuffer(blob, dtype="<f4", count=n, offset=offset).astype(np.float32)
+        scales = np.frombuffer(view, dtype="<f4", count=n, offset=offset).astype(np.float32)
         offset += _SCALE_BYTES * n
         if not np.isfinite(scales).all() or (scales <= 0).any():
             raise WireFormatError(
                 "int8 scales must be finite and > 0, "
                 f"got {int((~(np.isfinite(scales) & (scales > 0))).sum())} bad scales"
             )
-        q = np.frombuffer(blob, dtype=np.int8, count=n * c, offset=offset).reshape(n, c)
+        q = np.frombuffer(view, dtype=np.int8, count=n * c, offset=offset).reshape(n, c)
         with np.errstate(over="ignore", invalid="ignore"):
-            logits = q.astype(np.float32) * scales[:, None]  # (N, C)
+            logits = np.multiply(q, scales[:, None], dtype=np.float32)  # (N, C): one float32 array, no temporaries
     else:
-        logits = np.frombuffer(blob, dtype=_NUMPY[dtype], count=n * c, offset=offset).reshape(n, c).astype(np.float32)
+        logits = np.frombuffer(view, dtype=_NUMPY[dtype], count=n * c, offset=offset).reshape(n, c).astype(np.float32)
     if not np.isfinite(logits).all():
         raise WireFormatError(f"payload holds {int((~np.isfinite(logits)).sum())} non-finite logits (NaN or Inf)")
     return ids, logits
@@ -256,14 +288,19 @@ def _check_ids(ids: np.ndarray, *, where: str) -> None:
         raise WireFormatError(f"{where} has duplicates: {_few(uniq[counts > 1])}")
 
 
-def _match_expected(ids: np.ndarray, expected_ids: np.ndarray) -> np.ndarray:
-    """Positions in ``ids`` of each expected id, in ``expected_ids`` order."""
+def _expected(expected_ids: np.ndarray) -> np.ndarray:
+    """The receiver's own ids, checked (a malformed list is a caller bug: ValueError)."""
     exp = np.asarray(expected_ids)
     if exp.ndim != 1 or not np.issubdtype(exp.dtype, np.integer):
         raise ValueError(f"expected_ids must be a 1-D integer array, got shape {exp.shape} dtype {exp.dtype}")
     exp = exp.astype(np.int64)
     if len(np.unique(exp)) != len(exp):
         raise ValueError("expected_ids has duplicates")
+    return exp
+
+
+def _match_expected(ids: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    """Positions in ``ids`` of each expected id, in ``exp`` order."""
     unknown = np.setdiff1d(ids, exp)
     if len(unknown):
         raise WireFormatError(f"payload has {len(unknown)} ids not in expected_ids: {_few(unknown)}")

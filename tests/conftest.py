@@ -1,6 +1,7 @@
 """Fixtures shared across the test packages.
 
 * ``_task_identity`` (every test): Flower builds messages only inside a task; the test process gets one.
+* ``tiny_bert``: a factory for a tiny randomly initialised BERT classifier (no files, fast).
 * The edge-export fixtures (deploy, cli and the client's edge runtime): one adapter on the real MiniLM-L3,
   exported once per session; torch and the models load only when a test asks for them.
 
@@ -24,6 +25,21 @@ MAX_LENGTH = 64
 def _task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     yield
+
+
+@pytest.fixture
+def tiny_bert():
+    """``make(seed=0, **config)``: a seeded BertForSequenceClassification, vocabulary 50, hidden 16, 3 labels;
+    ``config`` adds further BertConfig fields (dropout, pad token, ...)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def make(seed: int = 0, **config):
+        torch.manual_seed(seed)
+        sizes = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        return BertForSequenceClassification(BertConfig(**sizes, num_labels=3, **config))
+
+    return make
 
 
 @pytest.fixture(scope="session")

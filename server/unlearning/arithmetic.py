@@ -103,7 +103,7 @@ def recompute_consensus(
     """
     from nebula.server.consensus import round_consensus  # the federation's own rule; imported here as it brings torch
 
-    logits = [decode_logits(p, expected_ids=ids, num_classes=num_classes).logits for p in payloads]
+    logits = [decode_logits(p, expected_ids=ids, num_classes=num_classes, legacy=True).logits for p in payloads]
     consensus, _ = round_consensus(
         logits, weights, rule=rule, temperature=temperature, min_replies=max(min_replies, 1), support=support
     )

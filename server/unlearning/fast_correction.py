@@ -169,8 +169,6 @@ def _distill(
     before the re-aggregation, where known. Returns the optimizer steps per model and the targeting used."""
     import torch
 
-    from nebula.learning.training import encode, fit
-
     cfg, max_len, T = config.train, config.data.max_length, config.train.temperature
     seed = config.data.seed * 1000 + 997  # apart from every round's seed (round_seed)
     steps = {"teacher": 0, "student": 0}
@@ -180,18 +178,9 @@ def _distill(
         if ids is not None and probs is not None:
             targeting, ranking = _rank_inputs(teacher, data, ids, probs, old, max_len=max_len, temperature=T)
             pick = np.sort(ranking[: budget.teacher_steps * cfg.batch_size])
-            result = fit(
-                teacher.model,
-                encode(teacher.tokenizer, data.public_texts(ids[pick]), max_length=max_len),
-                targets=probs[pick],
-                epochs=1,
-                temperature=T,
-                lr=cfg.teacher_lr,
-                batch_size=cfg.batch_size,
-                micro_batch_size=cfg.micro_batch_size,
-                seed=seed,
+            steps["teacher"] = _one_pass(
+                teacher, data.public_texts(ids[pick]), probs[pick], cfg, lr=cfg.teacher_lr, max_len=max_len, seed=seed
             )
-            steps["teacher"] = result.steps
             student_ids = ids[np.sort(ranking[: budget.student_steps * cfg.batch_size])]
         else:
             student_ids = np.sort(
@@ -221,19 +210,26 @@ def _rank_inputs(
 
 def _distill_student(teacher, student, texts: list[str], cfg, *, max_len: int, seed: int) -> int:
     """One pass of the student over ``texts`` toward the corrected teacher; returns its optimizer steps."""
-    from nebula.learning.training import encode, fit, predict_logits
+    from nebula.learning.training import encode, predict_logits
 
-    T = cfg.temperature
     corrected = softmax(
-        predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=T
+        predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len)), temperature=cfg.temperature
     )
+    return _one_pass(student, texts, corrected, cfg, lr=cfg.lr, max_len=max_len, seed=seed)
+
+
+def _one_pass(learner, texts: list[str], targets: np.ndarray, cfg, *, lr: float, max_len: int, seed: int) -> int:
+    """One epoch of ``learner`` toward ``targets`` on ``texts`` at the run's temperature and batch sizes;
+    returns its optimizer steps."""
+    from nebula.learning.training import encode, fit
+
     result = fit(
-        student.model,
-        encode(student.tokenizer, texts, max_length=max_len),
-        targets=corrected,
+        learner.model,
+        encode(learner.tokenizer, texts, max_length=max_len),
+        targets=targets,
         epochs=1,
-        temperature=T,
-        lr=cfg.lr,
+        temperature=cfg.temperature,
+        lr=lr,
         batch_size=cfg.batch_size,
         micro_batch_size=cfg.micro_batch_size,
         seed=seed,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -112,10 +114,24 @@ def _patch(blob: bytes, offset: int, fmt: str, value) -> bytes:
     return bytes(b)
 
 
+def _sealed(blob: bytes | bytearray) -> bytes:
+    """``blob`` with its CRC recomputed: a hostile sender's payload, consistent but for what it changed."""
+    b = bytearray(blob)
+    struct.pack_into("<I", b, 16, zlib.crc32(bytes(b[HEADER_SIZE:]), zlib.crc32(bytes(b[:16]))))
+    return bytes(b)
+
+
 def _raw(ids, values: np.ndarray, *, code: int = 2) -> bytes:
     """A blob built by hand, bypassing the encoder's checks (as a hostile sender would)."""
     n, c = values.shape
-    header = struct.pack("<4sBBHII", b"NBLG", 1, code, 0, n, c)
+    body = np.asarray(ids, "<i8").tobytes() + values.astype("<f4").tobytes()
+    return _sealed(struct.pack("<4sBBHIII", b"NBLG", 2, code, 0, n, c, 0) + body)
+
+
+def _v1(ids, values: np.ndarray) -> bytes:
+    """A version-1 payload (16-byte header, no CRC), as nebula-fd 0.1 wrote them."""
+    n, c = values.shape
+    header = struct.pack("<4sBBHII", b"NBLG", 1, 2, 0, n, c)
     return header + np.asarray(ids, "<i8").tobytes() + values.astype("<f4").tobytes()
 
 
@@ -143,12 +159,15 @@ def _raw(ids, values: np.ndarray, *, code: int = 2) -> bytes:
         (_raw([5, 5], np.zeros((2, 3))), {}, r"duplicates: \[5\]"),
         (_raw([-3, 5], np.zeros((2, 3))), {}, ">= 0"),
         (_blob(), {"expected_ids": np.array([0, 1, 2, 9])}, r"not in expected_ids: \[3\]"),
-        (_blob(), {"expected_ids": np.arange(6)}, r"missing 2 expected ids: \[4, 5\]"),
+        (_blob(), {"expected_ids": np.arange(6)}, "payload has 4 rows, 6 public inputs were asked for"),
         (
-            _blob(ids=np.array([0, 1]), logits=np.zeros((2, 3))),
+            _blob(ids=np.array([0, 1, 7]), logits=np.zeros((3, 3))),
             {"expected_ids": np.arange(3)},
-            r"missing 1 expected ids: \[2\]",
+            r"payload has 1 ids not in expected_ids: \[7\]",
         ),
+        (_patch(_blob(), HEADER_SIZE + 3, "<B", 1), {}, "checksum mismatch"),  # one byte of an id changed
+        (_patch(_blob(), 16, "<I", 0), {}, "checksum mismatch"),
+        (_v1([0, 1], np.zeros((2, 3))), {}, "format version 1 .* no longer accepted"),
         ("not bytes", {}, "must be bytes"),
     ],
 )
@@ -162,14 +181,14 @@ def test_decode_rejects_bad_int8_scales(bad_scale):
     blob = bytearray(_blob("int8"))
     struct.pack_into("<f", blob, HEADER_SIZE + 8 * 4 + 4 * 1, bad_scale)  # scale of row 1
     with pytest.raises(WireFormatError, match="int8 scales"):
-        decode_logits(bytes(blob))
+        decode_logits(_sealed(blob))
 
 
 def test_decode_rejects_float16_inf_bits():
     blob = bytearray(_blob("float16"))
     struct.pack_into("<H", blob, HEADER_SIZE + 8 * 4, 0x7C00)  # float16 +inf in the first element
     with pytest.raises(WireFormatError, match="non-finite"):
-        decode_logits(bytes(blob))
+        decode_logits(_sealed(blob))
 
 
 def test_bad_expected_ids_is_a_caller_error():
@@ -182,3 +201,36 @@ def test_bad_expected_ids_is_a_caller_error():
 def test_payload_nbytes_unknown_dtype():
     with pytest.raises(WireFormatError, match="dtype"):
         payload_nbytes(1, 1, dtype="float64")
+
+
+def test_version_1_payloads_are_read_only_when_asked():
+    """What a ledger stored before version 2 stays readable (``legacy=True``); from a peer it is refused."""
+    old = _v1([3, 1], np.arange(6, dtype=np.float32).reshape(2, 3))
+    out = decode_logits(old, legacy=True, expected_ids=np.array([1, 3]), num_classes=3)
+    np.testing.assert_array_equal(out.logits, [[3, 4, 5], [0, 1, 2]])
+
+
+def test_every_single_bit_flip_is_refused():
+    """Each of the blob's bits flipped in turn (C = 4: a float16 body is as long as an int8 one, so a flipped
+    dtype code alone keeps the length right): every one is refused, none decodes as garbage."""
+    blob = _blob("float16", ids=np.arange(6), logits=np.ones((6, 4)))
+    for bit in range(8 * len(blob)):
+        flipped = bytearray(blob)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(WireFormatError):
+            decode_logits(bytes(flipped))
+
+
+def test_a_header_that_disagrees_with_the_request_costs_no_memory():
+    """A 64 MiB int8 blob whose row count is not the asked one is refused before any array is made."""
+    n, c = 1 << 20, 56
+    blob = bytearray(payload_nbytes(n, c, dtype="int8"))
+    struct.pack_into("<4sBBHIII", blob, 0, b"NBLG", 2, 3, 0, n, c, 0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireFormatError, match="1048576 rows, 300 public inputs were asked for"):
+            decode_logits(blob, expected_ids=np.arange(300), num_classes=c)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # under 1 MiB, against the 64 MiB payload

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from nebula.deploy.local import NodeSpec, start_federation
-from nebula.deploy.pki import write_deployment_material
+from nebula.deploy.local import NodeSpec
 from nebula.deploy.processes import is_running
 from nebula.server.ledger import Ledger
 
@@ -31,16 +30,11 @@ def _count(path, text) -> int:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy")
-    material = write_deployment_material(root / "certs", nodes=["teacher0", "client0", "client1", "rogue"])
+def deployment(tmp_path_factory, smoke_federation):
     result: dict = {"t0": time.perf_counter()}
-    fed, run_id = start_federation(
-        root / "run",
-        material,
-        teacher="teacher0",
-        clients=["client0", "client1"],
-        preset="smoke",
+    fed, run_id = smoke_federation(
+        tmp_path_factory.mktemp("deploy"),
+        extra_nodes=["rogue"],
         overrides={"federation.rounds": 2, "federation.min_replies": 1, "federation.reply_timeout": 120},
     )
     try:

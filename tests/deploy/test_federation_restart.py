@@ -16,8 +16,6 @@ import time
 
 import pytest
 
-from nebula.deploy.local import start_federation
-from nebula.deploy.pki import write_deployment_material
 from nebula.deploy.processes import is_running
 from nebula.server.ledger import Ledger
 
@@ -54,18 +52,8 @@ def _ledger_rows(fed) -> tuple[list[str], list[tuple]]:
 
 
 @pytest.fixture(scope="module")
-def restarted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("restart")
-    material = write_deployment_material(root / "certs", nodes=["teacher0", "client0", "client1"])
-    fed, first_run = start_federation(
-        root / "run",
-        material,
-        teacher="teacher0",
-        clients=["client0", "client1"],
-        preset="smoke",
-        overrides=OVERRIDES,
-        workers=True,
-    )
+def restarted(tmp_path_factory, smoke_federation):
+    fed, first_run = smoke_federation(tmp_path_factory.mktemp("restart"), overrides=OVERRIDES, workers=True)
     result: dict = {"fed": fed, "first_run": first_run}
     try:
         deadline = time.monotonic() + 600

@@ -46,22 +46,23 @@ def test_corrupt_adapter_config_names_the_file(tmp_path, adapter_dir):
         load_adapter_model(broken)
 
 
-def test_unknown_base_model_names_the_adapter_and_the_base(tmp_path, adapter_dir):
-    moved = tmp_path / "moved"
+def _moved_copy(adapter_dir, moved, *, base: str):
+    """A copy of the adapter folder whose config names ``base`` as its base model."""
     shutil.copytree(adapter_dir, moved)
     config = json.loads((moved / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "/nowhere/some-model"
+    config["base_model_name_or_path"] = base
     (moved / "adapter_config.json").write_text(json.dumps(config))
+    return moved
+
+
+def test_unknown_base_model_names_the_adapter_and_the_base(tmp_path, adapter_dir):
+    moved = _moved_copy(adapter_dir, tmp_path / "moved", base="/nowhere/some-model")
     with pytest.raises(ExportError, match=r"moved: base model '/nowhere/some-model' not found; pass --base"):
         load_adapter_model(moved)
 
 
 def test_a_builtin_cache_path_from_another_machine_resolves_to_the_builtin(tmp_path, adapter_dir):
-    moved = tmp_path / "moved"
-    shutil.copytree(adapter_dir, moved)
-    config = json.loads((moved / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "/home/someone-else/.cache/nebula/models/minilm-l3"
-    (moved / "adapter_config.json").write_text(json.dumps(config))
+    moved = _moved_copy(adapter_dir, tmp_path / "moved", base="/home/someone-else/.cache/nebula/models/minilm-l3")
     assert resolve_base(moved) == resolve_base(adapter_dir)
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from nebula.client.runtime.predictor import EdgePredictor
 from nebula.deploy.export.vocab import build_id_map, kept_token_ids, prune_model_vocab, prune_rows, remap_ids
@@ -39,18 +38,8 @@ def test_id_map_rejects_bad_kept_sets(kept, message):
         build_id_map(np.array(kept, dtype=np.int64), vocab_size=8, unk_id=1)
 
 
-def test_pruned_tiny_bert_gives_identical_logits_on_kept_tokens():
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-        pad_token_id=0,
-    )
-    model = BertForSequenceClassification(config).eval()
+def test_pruned_tiny_bert_gives_identical_logits_on_kept_tokens(tiny_bert):
+    model = tiny_bert(pad_token_id=0).eval()
     ids = torch.tensor([[1, 7, 30, 44, 2], [1, 12, 2, 0, 0]])  # (B, L)
     mask = (ids != 0).long()
     with torch.no_grad():

@@ -3,25 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from nebula.common.probabilities import softmax
 from nebula.learning.training import Encoded, accuracy, fit, predict_logits
 
 
-def tiny_model(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config)
+@pytest.fixture
+def tiny_model(tiny_bert):
+    """Factory: the tiny BERT without dropout, so that updates are deterministic."""
+    return lambda: tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def toy_data(n: int = 24, seed: int = 0) -> tuple[Encoded, np.ndarray]:
@@ -35,7 +25,7 @@ def params(model) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("micro", [1, 3, 4])
-def test_micro_batches_accumulate_to_the_full_batch_update(micro):
+def test_micro_batches_accumulate_to_the_full_batch_update(micro, tiny_model):
     data, labels = toy_data()
     full, split = tiny_model(), tiny_model()
     kw = dict(labels=labels, epochs=1, lr=1e-2, batch_size=12, seed=0)
@@ -44,7 +34,7 @@ def test_micro_batches_accumulate_to_the_full_batch_update(micro):
     torch.testing.assert_close(params(full), params(split), atol=2e-5, rtol=1e-4)
 
 
-def test_distillation_moves_the_student_toward_the_targets():
+def test_distillation_moves_the_student_toward_the_targets(tiny_model):
     data, _ = toy_data(32)
     model = tiny_model()
     targets = np.tile([0.8, 0.1, 0.1], (32, 1))
@@ -54,7 +44,7 @@ def test_distillation_moves_the_student_toward_the_targets():
     assert after > before + 0.2
 
 
-def test_predict_keeps_input_order_despite_length_sorting():
+def test_predict_keeps_input_order_despite_length_sorting(tiny_model):
     data, _ = toy_data(10)
     model = tiny_model()
     together = predict_logits(model, data, batch_size=4)
@@ -62,7 +52,7 @@ def test_predict_keeps_input_order_despite_length_sorting():
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
 
 
-def test_fit_rejects_mismatched_inputs():
+def test_fit_rejects_mismatched_inputs(tiny_model):
     data, labels = toy_data(8)
     with pytest.raises(ValueError, match="labels has 7 rows for 8 inputs"):
         fit(tiny_model(), data, labels=labels[:7], epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4)

@@ -133,7 +133,7 @@ def test_bad_replies_are_left_out_with_reasons_and_recorded(tmp_path):
         3: with_round_reply(honest(2), lambda msg, good: Message(Error(400, "ValueError: no data"), reply_to=msg)),
         4: with_round_reply(honest(3), lambda msg, good: None),  # silent
         5: with_round_reply(honest(4), ids_shifted),
-        6: with_round_reply(honest(5), lambda msg, good: reply(msg, {keys.LOGITS_BLOB: b"NBLG\x01"})),
+        6: with_round_reply(honest(5), lambda msg, good: reply(msg, {keys.LOGITS_BLOB: b"NBLG\x02"})),
         TEACHER: teacher(),
     }
     fed, grid = make(tmp_path, nodes)

@@ -123,6 +123,19 @@ class Material:
     operator_key: Path
     stranger_key: Path  # an operator key the server does not trust
 
+    def serve_args(self) -> list[str]:
+        """The key-material options of ``nebula unlearn serve``."""
+        return [
+            "--operators",
+            str(self.operators),
+            "--signing-key",
+            str(self.signing_key),
+            "--tls-cert",
+            str(self.tls_cert),
+            "--tls-key",
+            str(self.tls_key),
+        ]
+
 
 @pytest.fixture(scope="session")
 def material(tmp_path_factory) -> Material:

@@ -88,14 +88,7 @@ def test_bad_files_exit_2(material, tmp_path, capsys):
         "serve",
         "--ledger",
         str(tmp_path / "none.sqlite"),
-        "--operators",
-        str(material.operators),
-        "--signing-key",
-        str(material.signing_key),
-        "--tls-cert",
-        str(material.tls_cert),
-        "--tls-key",
-        str(material.tls_key),
+        *material.serve_args(),
     ]
     assert main(serve) == 2
     assert "none.sqlite does not exist" in capsys.readouterr().err

@@ -45,14 +45,7 @@ class Service:
             str(ledger),
             "--port",
             "0",
-            "--operators",
-            str(material.operators),
-            "--signing-key",
-            str(material.signing_key),
-            "--tls-cert",
-            str(material.tls_cert),
-            "--tls-key",
-            str(material.tls_key),
+            *material.serve_args(),
         ]
         self.proc = subprocess.Popen(
             cmd,

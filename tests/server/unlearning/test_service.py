@@ -53,6 +53,9 @@ def idle_service(material, ledger_path):
     server.stop()
 
 
+PURGE_TARGET = ["unlearn", TARGET, "--reason", "r", "--mode", "purge"]
+
+
 def _operator_args(server, material, key=None) -> list[str]:
     return [
         "--server",
@@ -86,22 +89,8 @@ def test_cli_submits_waits_lists_and_verifies(service, material, ledger_path, tm
     others = other_rows(ledger_path)
     cert_path = tmp_path / "cert.json"
     ops = _operator_args(service, material)
-    rc = main(
-        [
-            "unlearn",
-            TARGET,
-            "--reason",
-            "GDPR art. 17 #12",
-            "--mode",
-            "reaggregate",
-            "--request-key",
-            "ticket-12",
-            "--wait",
-            "--out",
-            str(cert_path),
-            *ops,
-        ]
-    )
+    request = ["--reason", "GDPR art. 17 #12", "--mode", "reaggregate", "--request-key", "ticket-12"]
+    rc = main(["unlearn", TARGET, *request, "--wait", "--out", str(cert_path), *ops])
     out = capsys.readouterr().out
     assert rc == 0, out
     request_id = re.search(r"request ([0-9a-f]{32}) queued", out).group(1)
@@ -126,23 +115,7 @@ def test_cli_submits_waits_lists_and_verifies(service, material, ledger_path, tm
     assert request_id in listing and "1 request(s)" in listing
 
     # the same key and content again: the same request, nothing new done
-    assert (
-        main(
-            [
-                "unlearn",
-                "submit",
-                TARGET,
-                "--reason",
-                "GDPR art. 17 #12",
-                "--mode",
-                "reaggregate",
-                "--request-key",
-                "ticket-12",
-                *ops,
-            ]
-        )
-        == 0
-    )
+    assert main(["unlearn", "submit", TARGET, *request, *ops]) == 0
     assert f"request {request_id} done (already submitted with this key)" in capsys.readouterr().out
 
 
@@ -158,23 +131,7 @@ def test_verify_exit_codes(service, material, tmp_path, capsys):
 
 def test_a_tampered_certificate_fails_verify(service, material, tmp_path, capsys):
     cert_path = tmp_path / "cert.json"
-    assert (
-        main(
-            [
-                "unlearn",
-                TARGET,
-                "--reason",
-                "r",
-                "--mode",
-                "purge",
-                "--wait",
-                "--out",
-                str(cert_path),
-                *_operator_args(service, material),
-            ]
-        )
-        == 0
-    )
+    assert main([*PURGE_TARGET, "--wait", "--out", str(cert_path), *_operator_args(service, material)]) == 0
     cert = json.loads(cert_path.read_text())
     cert["ledger_rows_removed"]["count"] = 0
     cert_path.write_text(json.dumps(cert))
@@ -306,20 +263,7 @@ def test_cli_refusals_exit_2_with_the_reason(idle_service, material, capsys):
     ops = _operator_args(idle_service, material)
     assert main(["unlearn", "ghost", "--reason", "r", "--mode", "purge", *ops]) == 2
     assert "NOT_FOUND: client 'ghost' never took part" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "unlearn",
-                TARGET,
-                "--reason",
-                "r",
-                "--mode",
-                "purge",
-                *_operator_args(idle_service, material, material.stranger_key),
-            ]
-        )
-        == 2
-    )
+    assert main([*PURGE_TARGET, *_operator_args(idle_service, material, material.stranger_key)]) == 2
     assert "PERMISSION_DENIED" in capsys.readouterr().err
     assert main(["unlearn", "status", "nope", *ops]) == 2
     assert "NOT_FOUND: no unlearning request has id 'nope'" in capsys.readouterr().err
