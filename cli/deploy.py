@@ -1,6 +1,6 @@
-"""``nebula certs`` and ``nebula deploy up|down``.
+"""``nebula certs``, ``nebula deploy up|down`` and ``nebula fleet-gate``.
 
-Both are registered on the ``nebula`` command by :func:`add_deploy_commands`.
+All are registered on the ``nebula`` command by :func:`add_deploy_commands`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,30 @@ from nebula.deploy.pki import DEFAULT_NODES, DeploymentMaterial, add_certs_parse
 
 
 def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``certs`` and ``deploy`` to the subparsers of the ``nebula`` command."""
+    """Add ``certs``, ``deploy`` and ``fleet-gate`` to the subparsers of the ``nebula`` command."""
     add_certs_parser(sub)
+    text = "TLS proxy in front of the SuperLink that forwards the Fleet API (SuperNodes) only; 403 for the rest"
+    p = sub.add_parser(
+        "fleet-gate",
+        help=text,
+        description=text + ". The SuperLink listens on loopback; SuperNodes connect here. See deploy/fleet_gate.py.",
+    )
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where the gate listens, e.g. 0.0.0.0:9092")
+    p.add_argument(
+        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink (on loopback), e.g. 127.0.0.1:9093"
+    )
+    p.add_argument(
+        "--certs",
+        required=True,
+        metavar="DIR",
+        help="folder written by `nebula certs`: server.pem / server.key (the gate's TLS), ca.pem (verifies the "
+        "SuperLink, whose certificate must name the --superlink host)",
+    )
+    p.add_argument(
+        "--max-body-mib", type=float, default=64.0, help="largest request body forwarded, MiB (default 64; 413 above)"
+    )
+    p.set_defaults(func=_fleet_gate)
+
     text = "run a federation on this host over Flower's deployment engine (TLS, SuperNode authentication)"
     deploy = sub.add_parser("deploy", help=text, description=text)
     steps = deploy.add_subparsers(dest="deploy_command", required=True)
@@ -37,6 +59,22 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_NODES[1:]),
         help=f"comma list of client SuperNode names, partitions 0..n-1 (default {','.join(DEFAULT_NODES[1:])})",
     )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="client NAME trains on its own labelled CSV / JSON-lines file or folder PATH instead of its "
+        "partition of data.dataset (repeatable; only that node's config names PATH)",
+    )
+    p.add_argument(
+        "--text-field", default="", help="with --data: text column of the files (default: the run's data.text_field)"
+    )
+    p.add_argument(
+        "--label-field",
+        default="",
+        help="with --data: label column of the files (default: the run's data.label_field)",
+    )
     p.add_argument("--preset", default="quick", help="run config preset (default quick)")
     p.add_argument(
         "--set",
@@ -46,7 +84,21 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         help="config override, e.g. --set federation.rounds=1 (repeatable)",
     )
     p.add_argument(
-        "--port", type=int, default=9093, help="SuperLink port (Fleet, Control and Runtime APIs; default 9093, 0: free)"
+        "--port",
+        type=int,
+        default=9093,
+        help="SuperLink port on 127.0.0.1 (Fleet, Control and Runtime APIs; default 9093, 0: free)",
+    )
+    p.add_argument(
+        "--gate-port",
+        type=int,
+        default=9092,
+        help="fleet gate port on 127.0.0.1: the SuperNodes connect here, Fleet API only (default 9092, 0: free)",
+    )
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="no fleet gate: the SuperNodes connect to the SuperLink itself (all its APIs)",
     )
     p.add_argument(
         "--workers",
@@ -68,6 +120,25 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_down)
 
 
+def _client_data(items: list[str], clients: list[str]) -> dict[str, Path]:
+    """``--data NAME=PATH`` items as {client name: absolute path}; ValueError naming a bad item."""
+    data: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"--data {item!r}: expected NAME=PATH")
+        if name not in clients:
+            raise ValueError(f"--data {item!r}: {name!r} is not a client node (clients: {', '.join(clients)})")
+        if name in data:
+            raise ValueError(f"--data names {name!r} twice")
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.exists():
+            raise ValueError(f"--data {item!r}: {resolved} not found")
+        data[name] = resolved
+    return data
+
+
 def _up(args: argparse.Namespace) -> int:
     from nebula.deploy.local import DeployError, round_timing, start_federation
 
@@ -79,6 +150,14 @@ def _up(args: argparse.Namespace) -> int:
             print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
         overrides[key] = value
+    try:
+        data = _client_data(args.data, clients)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if (args.text_field or args.label_field) and not data:
+        print("error: --text-field / --label-field need --data", file=sys.stderr)
+        return 2
     material = DeploymentMaterial.at(args.certs, [args.teacher, *clients])
     missing = [
         str(p)
@@ -109,12 +188,18 @@ def _up(args: argparse.Namespace) -> int:
             overrides=overrides,
             port=args.port,
             workers=args.workers,
+            data=data,
+            text_field=args.text_field,
+            label_field=args.label_field,
+            gate=not args.no_gate,
+            gate_port=args.gate_port,
         )
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    gate = f", fleet gate https://{fed.gate_address} (SuperNodes)" if fed.gate is not None else ""
     print(
-        f"SuperLink https://{fed.address}, {len(fed.processes)} processes "
+        f"SuperLink https://{fed.address}{gate}, {len(fed.processes)} processes "
         f"(pids in {fed.run_dir / 'pids.json'}); run {run_id}"
     )
     if not args.wait:
@@ -160,4 +245,24 @@ def _down(args: argparse.Namespace) -> int:
         print(f"still running after SIGKILL: {', '.join(str(s.pid) for s in survivors)}", file=sys.stderr)
         return 1
     print("stopped")
+    return 0
+
+
+def _fleet_gate(args: argparse.Namespace) -> int:
+    from nebula.deploy.fleet_gate import serve, split_address
+
+    try:
+        split_address(args.listen)
+        split_address(args.superlink)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.max_body_mib <= 0:
+        print("error: --max-body-mib must be positive", file=sys.stderr)
+        return 2
+    try:
+        serve(args.listen, args.superlink, args.certs, max_body=int(args.max_body_mib * 1024 * 1024))
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

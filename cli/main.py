@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nebula.cli._output import pct, quiet_libraries
 from nebula.common.config import ConfigError, add_arguments, overrides_from_args
+from nebula.common.metrics import majority_rate, one_class
 from nebula.common.presets import PRESETS, preset_config
 from nebula.common.run_folder import RunFolder
 
@@ -36,13 +37,23 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scored(acc: float | None, f1: float | None, share: float | None = None) -> str:
+    """``45.0% F1 40.1%``, plus ``ONE CLASS (97%)`` for a model that answers (nearly) one class."""
+    flag = f" ONE CLASS ({pct(share)})" if one_class(share) else ""
+    return pct(acc) + (f" F1 {pct(f1)}" if f1 is not None else "") + flag
+
+
 def _progress(total_rounds: int):
     def show(s: dict) -> None:
         rejected = f" ({len(s['rejected'])} left out: {', '.join(s['rejected'])})" if s["rejected"] else ""
+        shares = [m["top_share"] for m in s.get("clients", {}).values() if "top_share" in m]
+        flagged = sum(one_class(x) for x in shares)
+        clients_flag = f" ONE CLASS: {flagged}/{len(shares)} clients" if flagged else ""
         print(
             f"[round {s['round']}/{total_rounds}] {s['accepted']} replies{rejected}"
-            f" | mean client {pct(s['mean_client_acc'])}"
-            f" | teacher {pct(s['teacher_acc'])} | global student {pct(s['student_acc'])}"
+            f" | mean client {_scored(s['mean_client_acc'], s.get('mean_client_f1'))}{clients_flag}"
+            f" | teacher {_scored(s['teacher_acc'], s.get('teacher_f1'), s.get('teacher_top_share'))}"
+            f" | global student {_scored(s['student_acc'], s.get('student_f1'), s.get('student_top_share'))}"
             f" | up {s['bytes_up_per_client']:,.0f} B/client | {s['seconds']:.0f} s",
             flush=True,
         )
@@ -50,24 +61,41 @@ def _progress(total_rounds: int):
     return show
 
 
+def _majority_rate(config) -> float:
+    """The majority-class rate of the federation's global test set (its labels only)."""
+    from nebula.common.federation_data import build_federation_data
+
+    data = build_federation_data(config.data)
+    return majority_rate(data.labels(data.test))
+
+
 def _simulate(args: argparse.Namespace) -> int:
+    from nebula.server.aggregation import AggregationError, get_rule
+    from nebula.simulation.preflight import PreflightError, preflight
+
+    try:
+        overrides = overrides_from_args(args)
+        config = preset_config(args.preset, overrides)
+        get_rule(config.federation.aggregation)  # an unknown rule is an error here, not inside the ServerApp
+        # Data and models before the heavy imports and before Ray: a bad input fails in about a second.
+        checked = preflight(config, explicit=set(overrides))
+    except (ConfigError, AggregationError, PreflightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = checked.config
+    for note in checked.notes:
+        print(note, flush=True)
+
     from nebula.simulation.baselines import BASELINES
     from nebula.simulation.engine import simulate
     from nebula.simulation.report import baseline_row, federation_row, format_table, save_plot, save_results
 
     quiet_libraries(args.verbose)  # after the imports: importing flwr resets its logger to DEBUG
 
-    from nebula.server.aggregation import AggregationError, get_rule
-
-    try:
-        config = preset_config(args.preset, overrides_from_args(args))
-        get_rule(config.federation.aggregation)  # an unknown rule is an error here, not inside the ServerApp
-        wanted = [b for b in args.baselines.split(",") if b and b != "none"]
-        unknown = [b for b in wanted if b not in BASELINES]
-        if unknown:
-            raise ConfigError(f"unknown baseline(s) {unknown}; available: {', '.join(BASELINES)}")
-    except (ConfigError, AggregationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    wanted = [b for b in args.baselines.split(",") if b and b != "none"]
+    unknown = [b for b in wanted if b not in BASELINES]
+    if unknown:
+        print(f"error: unknown baseline(s) {unknown}; available: {', '.join(BASELINES)}", file=sys.stderr)
         return 2
     out = Path(config.federation.output_dir)
     print(
@@ -85,12 +113,13 @@ def _simulate(args: argparse.Namespace) -> int:
         results.append(BASELINES[name](config))
         print(f"baseline {name} done in {results[-1].seconds:.0f} s", flush=True)
     rows = [federation_row(history, aggregation=config.federation.aggregation)] + [baseline_row(b) for b in results]
-    table = format_table(rows)
+    majority = _majority_rate(config)
+    table = format_table(rows, majority=majority)
     print("\n" + table + "\n")
     folder = RunFolder(out)
     folder.results_md.write_text(table + "\n")
-    save_results(rows, history, config.to_flat(), folder.results_json)
-    plot = save_plot(history, results, folder.plot)
+    save_results(rows, history, config.to_flat(), folder.results_json, majority=majority)
+    plot = save_plot(history, results, folder.plot, config=config, majority=majority)
     print(f"results: {folder.results_md}, {folder.results_json}; plot: {plot}; ledger: {folder.ledger}")
     return 0
 
@@ -266,7 +295,23 @@ def _add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--baselines", default=baselines, help=f"comma list or 'none' (default {baselines})")
         p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
         add_arguments(p)
+        _show_preset_defaults(p, preset)
         p.set_defaults(func=_simulate)
+
+
+def _show_preset_defaults(parser: argparse.ArgumentParser, preset: str) -> None:
+    """Rewrite the ``(default: ...)`` of each config option that ``preset`` sets to the preset's value.
+
+    :func:`add_arguments` documents the dataclass defaults; a command that starts from another preset
+    (``nebula benchmark``) must show what it will really run with. The options stay ``default=None``:
+    only the ones given on the command line override the preset.
+    """
+    values = PRESETS[preset]
+    for action in parser._actions:
+        if action.dest in values and action.help:
+            head, sep, _ = action.help.rpartition(" (default: ")
+            if sep:
+                action.help = f"{head} (default: {values[action.dest]!r}, preset {preset})"
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """``nebula unlearn``: the operator's commands and the service's own.
 
     nebula unlearn CLIENT --reason TEXT --mode purge|reaggregate|exact-replay|fast-correction
-        --server HOST:PORT --ca CA.pem --key OPERATOR.key
+        --server HOST:PORT --ca CA.pem --key OPERATOR.key [--server-key SERVER-SIGNING.pub]
     nebula unlearn status ID ...      nebula unlearn list ...
     nebula unlearn verify CERT.json --server-key SERVER-SIGNING.pub
     nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY
@@ -9,7 +9,9 @@
     nebula unlearn benchmark [--preset benchmark] [--client client-3] [--out runs/unlearn-benchmark]
 
 ``nebula unlearn CLIENT`` is ``nebula unlearn submit CLIENT`` (:func:`rewrite_argv`); a client
-whose id is one of the subcommand names is submitted with the explicit ``submit``.
+whose id is one of the subcommand names is submitted with the explicit ``submit``. The operator
+commands sign every call for one deployment: the one whose signing public key ``--server-key`` names
+(default: ``server-signing.pub`` next to the ``--ca`` file, as ``nebula certs`` lays them out).
 Exit codes: 0 done, 1 a request failed, a certificate does not verify or the service is
 unreachable, 2 bad input (arguments, files, or a call the service refused as malformed,
 unknown or unauthorised).
@@ -66,6 +68,14 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="OPERATOR.key",
         help="your Ed25519 private key (PEM); the service must trust its public key",
+    )
+    p.add_argument(
+        "--server-key",
+        default=None,
+        metavar="PATH",
+        help="the service's Ed25519 signing public key (PEM, server-signing.pub from `nebula certs`): calls are "
+        "signed for that deployment only, and another service refuses them (default: server-signing.pub next to "
+        "the --ca file, if it exists)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
 
@@ -222,9 +232,16 @@ def _add_benchmark_parser(cmds: argparse._SubParsersAction) -> None:
 
 # -- operator commands -------------------------------------------------------------------------
 def _client(args: argparse.Namespace):
-    from nebula.server.unlearning.client import OperatorClient
+    from nebula.server.unlearning.client import SERVER_KEY_NAME, OperatorClient, server_key_beside
 
-    return OperatorClient(args.server, ca=args.ca, key=args.key, timeout_s=args.timeout)
+    server_key = args.server_key or server_key_beside(args.ca)
+    if server_key is None:
+        raise ValueError(
+            f"--server-key PATH is needed: the service's signing public key ({SERVER_KEY_NAME} from `nebula certs`), "
+            f"which names the deployment the calls are signed for; there is no {SERVER_KEY_NAME} next to the --ca "
+            f"file {args.ca}"
+        )
+    return OperatorClient(args.server, ca=args.ca, key=args.key, server_key=server_key, timeout_s=args.timeout)
 
 
 def _operator_command(run):
@@ -236,7 +253,7 @@ def _operator_command(run):
         try:
             with _client(args) as api:
                 return run(api, args)
-        except ValueError as exc:  # unreadable key or CA file
+        except ValueError as exc:  # unreadable key, CA or server key file; no server key
             return _fail(str(exc), 2)
         except OperatorCallError as exc:
             return _fail(str(exc), 2 if exc.code.name in REFUSED else 1)
@@ -368,7 +385,7 @@ def _serve(args: argparse.Namespace) -> int:
         port = server.start()
     except (ValueError, OSError, NebulaServerError) as exc:
         return _fail(str(exc), 2)
-    print(f"unlearning service on {args.host}:{port} (ledger {args.ledger})", flush=True)
+    print(f"unlearning service on {args.host}:{port} (ledger {args.ledger}, audience {server.audience})", flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:

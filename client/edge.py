@@ -3,6 +3,11 @@
 Only the logits on the requested public inputs (and a few metrics) leave the device. The
 adapter lives in ``context.state`` between rounds; the frozen base model is loaded once
 per process (:func:`nebula.learning.models.load_learner`).
+
+The private data is the device's own file when the node config names one (``data-path``,
+:func:`nebula.client.node.data_source`), labelled in the shared dataset's label names; else the
+client's partition of the shared dataset (simulation). The public pool and the global test set
+are always the shared dataset's (``data.dataset``).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 
+from nebula.client.node import DataSource, data_source
 from nebula.common import keys
 from nebula.common.config import NebulaConfig
-from nebula.common.federation_data import FederationData, build_federation_data
+from nebula.common.federation_data import FederationData, PrivateData, build_federation_data, device_data
+from nebula.common.metrics import scores
 from nebula.common.priors import prior_shift
 from nebula.common.probabilities import softmax
 from nebula.common.wire import decode_logits, encode_logits
@@ -33,15 +40,39 @@ class RoundOutput:
     metrics: dict[str, float]
 
 
-class EdgeClient:
-    """One edge client's learner, bound to its slice of the federation's data."""
+def private_data(config: NebulaConfig, index: int, data: FederationData, source: DataSource | None) -> PrivateData:
+    """The client's own labelled data: ``source``'s files in ``data``'s label names, else partition ``index``.
 
-    def __init__(self, config: NebulaConfig, index: int, context: Context) -> None:
+    A device file's holdout is ``data.holdout_fraction`` of it, seeded by ``data.seed``. Raises
+    ValueError (a DatasetError) naming the file and what is wrong with it.
+    """
+    if source is None:
+        return data.private(index)
+    text_field, label_field = source.fields(config.data.text_field, config.data.label_field)
+    return device_data(
+        source.path,
+        label_names=data.dataset.label_names,
+        text_field=text_field,
+        label_field=label_field,
+        holdout_fraction=config.data.holdout_fraction,
+        seed=config.data.seed,
+    )
+
+
+class EdgeClient:
+    """One edge client's learner, bound to its own data (a device file or its partition) and the shared public pool.
+
+    ``source``: the device's data; by default what ``context``'s node config names (``data-path``), if anything.
+    """
+
+    def __init__(self, config: NebulaConfig, index: int, context: Context, *, source: DataSource | None = None) -> None:
         if not 0 <= index < config.data.num_clients:
             raise ValueError(f"client index {index} outside 0..{config.data.num_clients - 1}")
         self.config, self.index, self.context = config, index, context
         self.data: FederationData = build_federation_data(config.data)
-        self.split = self.data.clients[index]
+        self.source = source if source is not None else data_source(context.node_config)
+        self.private = private_data(config, index, self.data, self.source)  # before the model: errors come fast
+        self.split = self.private.split
         self.shift: np.ndarray | None = None  # log pi_k - log pi, set each round (logit adjustment)
         self.model_name = config.model.student_for_client(index)
         self.learner = learner_for(config, self.model_name, self.data.num_classes)
@@ -54,8 +85,8 @@ class EdgeClient:
     def describe(self) -> dict:
         return {
             "model": self.model_name,
-            "num_examples": int(len(self.split.train)),
-            "label_counts": [int(c) for c in self.data.support(self.index)],
+            "num_examples": self.private.num_examples,
+            "label_counts": [int(c) for c in self.private.support()],
         }
 
     # -- one round --------------------------------------------------------------------
@@ -105,14 +136,14 @@ class EdgeClient:
         # (2) revisit private data; from round 2 on, also distill from the round-start model's own
         # predictions on these inputs (alpha), so fitting skewed local labels does not erase
         # what was downloaded and digested (FedNTD, Lee et al. 2022; FedLSD). Nothing extra is sent.
-        enc = encode(tok, self.data.texts(self.split.train), max_length=max_len)
+        enc = encode(tok, self.private.texts(self.split.train), max_length=max_len)
         keep = None
         if round_index > 1 and cfg.train.alpha > 0:
             keep = softmax(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
         res = fit(
             model,
             enc,
-            labels=self.data.labels(self.split.train),
+            labels=self.private.labels(self.split.train),
             targets=keep,
             alpha=cfg.train.alpha,
             logit_shift=self.shift,
@@ -139,26 +170,27 @@ class EdgeClient:
             raise ValueError(
                 f"{keys.CLASS_COUNTS} has {class_counts.shape} entries, this client has {self.data.num_classes} classes"
             )
-        return prior_shift(self.data.support(self.index), class_counts)
+        return prior_shift(self.private.support(), class_counts)
 
     def evaluate(self) -> dict[str, float]:
-        """Accuracy on the global test set (the model as is: the federation's posterior) and on the
-        client's own held-out split (personalised: plus its prior shift, when it trains with one)."""
+        """Accuracy, macro-F1 and top-class share (:mod:`nebula.common.metrics`) on the global test set (the
+        model as is: the federation's posterior), and accuracy on the client's own held-out split
+        (personalised: plus its prior shift, when it trains with one)."""
         tok, model, max_len = self.learner.tokenizer, self.learner.model, self.config.data.max_length
         test = self.data.test
-        out = {
-            "acc_global": accuracy(
-                predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len)), self.data.labels(test)
-            )
-        }
+        logits = predict_logits(model, encode(tok, self.data.texts(test), max_length=max_len))
+        acc, f1, share = scores(logits, self.data.labels(test))
+        out = {"acc_global": acc, "f1_global": f1, "top_share": share}
         if len(self.split.holdout):
             hold = self.split.holdout
-            logits = predict_logits(model, encode(tok, self.data.texts(hold), max_length=max_len))  # (n_hold, C)
-            out["acc_own"] = accuracy(logits if self.shift is None else logits + self.shift, self.data.labels(hold))
+            logits = predict_logits(model, encode(tok, self.private.texts(hold), max_length=max_len))  # (n_hold, C)
+            out["acc_own"] = accuracy(logits if self.shift is None else logits + self.shift, self.private.labels(hold))
         return out
 
     def save(self, folder: Path) -> Path:
-        return save_adapter(self.learner, folder)
+        return save_adapter(
+            self.learner, folder, label_names=self.data.dataset.label_names, config=self.config, role="client"
+        )
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.data.public)):

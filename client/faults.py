@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nebula.common.wire import DecodedLogits, decode_logits, encode_logits
+from nebula.common.wire import DecodedLogits, decode_logits, encode_logits, with_checksum
 
 FAULT_KINDS = ("nan", "bad-ids", "truncated", "wrong-shape", "error")
 
@@ -32,7 +32,7 @@ def corrupt(blob: bytes, kind: str) -> bytes:
         # Written with float32 so the NaN survives; encode_logits refuses NaN, so patch the bytes.
         raw = bytearray(encode_logits(good.ids, good.logits, dtype="float32"))
         raw[-4:] = np.array([np.nan], dtype="<f4").tobytes()
-        return bytes(raw)
+        return with_checksum(bytes(raw))  # well-formed but for the NaN: the server must refuse it for the NaN
     if kind == "bad-ids":
         return encode_logits(good.ids + 10**9, good.logits, dtype="float32")
     if kind == "truncated":

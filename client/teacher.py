@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord, Context
 
 from nebula.common.config import NebulaConfig
 from nebula.common.federation_data import build_federation_data
+from nebula.common.metrics import scores
 from nebula.common.probabilities import merge_consensus, softmax
 from nebula.common.run_folder import RunFolder, adapter_dirs
 from nebula.common.wire import decode_logits, encode_logits
@@ -39,7 +40,7 @@ from nebula.learning.models import (
     save_checkpoint,
     trainable_state,
 )
-from nebula.learning.training import accuracy, encode, predict_logits
+from nebula.learning.training import encode, predict_logits
 
 TEACHER_KEY, STUDENT_KEY, CONSENSUS_KEY = "teacher-adapter", "student-adapter", "consensus"
 
@@ -151,9 +152,10 @@ class TeacherNode:
     def evaluate(self) -> dict[str, float]:
         test, labels, max_len = self.data.test, self.data.labels(self.data.test), self.config.data.max_length
         out = {}
-        for name, learner in (("acc_teacher", self.teacher), ("acc_student", self.student)):
+        for name, learner in (("teacher", self.teacher), ("student", self.student)):
             enc = encode(learner.tokenizer, self.data.texts(test), max_length=max_len)
-            out[name] = accuracy(predict_logits(learner.model, enc), labels)
+            acc, f1, share = scores(predict_logits(learner.model, enc), labels)
+            out |= {f"acc_{name}": acc, f"f1_{name}": f1, f"top_share_{name}": share}
         return out
 
     def checkpoint(self, folder: Path) -> None:
@@ -163,5 +165,6 @@ class TeacherNode:
     def save(self, folder: Path) -> None:
         """Both adapters into a models folder (``RunFolder.models``): ``teacher/`` and ``global-student/``."""
         teacher_dir, student_dir = adapter_dirs(folder)
-        save_adapter(self.teacher, teacher_dir)
-        save_adapter(self.student, student_dir)
+        names = self.data.dataset.label_names
+        save_adapter(self.teacher, teacher_dir, label_names=names, config=self.config, role="teacher")
+        save_adapter(self.student, student_dir, label_names=names, config=self.config, role="global-student")

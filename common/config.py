@@ -153,6 +153,11 @@ class FederationConfig:
         "unlearning requests stored in its ledger between rounds and the teacher node restores the unlearned "
         "states (nebula unlearn serve leaves them to the live run)",
     )
+    node_registry: str = _opt(
+        "",
+        "a deployment's node registry (nodes.json, written by nebula certs): the server then takes each node's role "
+        "and client id from its authenticated key, not from what the node says (server/identity.py)",
+    )
     faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
     inference_clients: str = _opt(
         "",
@@ -186,6 +191,10 @@ class FederationConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig}
+
+
+# Fields of ``federation`` a node is never sent, and what it gets instead (NebulaConfig.for_nodes).
+SERVER_ONLY = {"unlearn_key": "", "output_dir": FederationConfig.output_dir, "node_registry": ""}
 
 
 @dataclass
@@ -225,6 +234,12 @@ class NebulaConfig:
                 raise ConfigError(f"unknown configuration key {key!r}")
             setattr(sections[section], name, _coerce(key, value, _field_types(SECTIONS[section])[name]))
         return cls(**sections).validate()
+
+    def for_nodes(self) -> NebulaConfig:
+        """This configuration as the server sends it to nodes: without what only the server may know
+        (:data:`SERVER_ONLY`: the path of the unlearning signing key, the server's run folder)."""
+        federation = dataclasses.replace(self.federation, **SERVER_ONLY)
+        return dataclasses.replace(self, federation=federation)
 
     def fingerprint(self) -> str:
         """Short stable hash, used to key per-process caches."""

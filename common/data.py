@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,9 +209,8 @@ _FILE_READERS: dict[str, Callable[[Path, str, str], Iterator[Row]]] = {
 }
 
 
-def _from_rows(rows: Iterator[Row], path: Path, text_field: str, label_field: str) -> TextDataset:
-    texts: list[str] = []
-    keys: list[str] = []
+def _checked_rows(rows: Iterator[Row], path: Path, text_field: str, label_field: str) -> Iterator[tuple[int, str, str]]:
+    """``(line number, text, label key)`` of each row, stripped; DatasetError naming the line of a bad one."""
     for line_no, text, label in rows:
         where = f"{path}:{line_no}"
         if not isinstance(text, str):  # a short CSV row gives None; JSON may hold anything
@@ -224,8 +223,15 @@ def _from_rows(rows: Iterator[Row], path: Path, text_field: str, label_field: st
             raise DatasetError(f"{where}: missing label in {label_field!r}")
         if isinstance(label, bool) or not isinstance(label, (str, int)):  # JSON true/1.5/[..]: ambiguous classes
             raise DatasetError(f"{where}: label {label!r} in {label_field!r} is not a string or an integer")
+        yield line_no, text, str(label).strip()
+
+
+def _from_rows(rows: Iterator[Row], path: Path, text_field: str, label_field: str) -> TextDataset:
+    texts: list[str] = []
+    keys: list[str] = []
+    for _, text, key in _checked_rows(rows, path, text_field, label_field):
         texts.append(text)
-        keys.append(str(label).strip())
+        keys.append(key)
     if not texts:
         raise DatasetError(f"{path}: no examples")
     if all(_INT.fullmatch(k) for k in keys):
@@ -240,3 +246,95 @@ def _from_rows(rows: Iterator[Row], path: Path, text_field: str, label_field: st
     ids = {v: i for i, v in enumerate(order)}
     labels = np.asarray([ids[v] for v in values], dtype=np.int64)
     return TextDataset(texts, labels, names, path.name)
+
+
+# --- a device's own files, in a federation's label names ----------------------------------------
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files ``path`` names: itself (a .csv, .jsonl or .json file), or those of a folder.
+
+    A folder's files (not its subfolders) are taken in name order, so the order of the examples
+    does not depend on the file system's listing order.
+
+    Raises
+    ------
+    DatasetError
+        Nothing at ``path``, a file of another kind, or a folder without any data file.
+    """
+    path = Path(path).expanduser()
+    suffixes = ", ".join(_FILE_READERS)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in _FILE_READERS)
+        if not files:
+            raise DatasetError(f"{path}: folder holds no data file (expected files ending {suffixes})")
+        return files
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    if path.suffix.lower() not in _FILE_READERS:
+        raise DatasetError(f"{path}: not a data file (expected a file ending {suffixes}, or a folder of them)")
+    return [path]
+
+
+def load_labelled_files(
+    path: str | Path, *, label_names: Sequence[str], text_field: str = "text", label_field: str = "label"
+) -> TextDataset:
+    """A device's own labelled examples, with the label ids of a federation that knows ``label_names``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A .csv (header row) or .jsonl / .json (JSON lines) file, or a folder of them (:func:`data_files`).
+    label_names : sequence of str
+        The federation's classes (the shared dataset's ``label_names``); label id ``i`` is ``label_names[i]``.
+        A label in a file matches a name exactly (after stripping); where every name is an integer,
+        an integer label matches by value (``"01"`` is ``"1"``).
+    text_field, label_field : str
+        Column (CSV) or key (JSON) of the text and of the label.
+
+    Returns
+    -------
+    TextDataset
+        The examples of every file in order, labelled in ``label_names``. One class is fine: a
+        device may hold examples of a single class.
+
+    Raises
+    ------
+    DatasetError
+        As :func:`load_dataset` for a user file (missing column, empty text, ...), plus a file
+        with no examples and a label the federation does not know (naming the file, the line
+        and the known labels).
+    """
+    names = tuple(str(n) for n in label_names)
+    if not names:
+        raise DatasetError("the federation has no label names to map a device's labels to")
+    ids = {name: i for i, name in enumerate(names)}
+    by_value = {int(n): i for i, n in enumerate(names)} if all(_INT.fullmatch(n) for n in names) else {}
+    texts: list[str] = []
+    labels: list[int] = []
+    files = data_files(path)
+    for file in files:
+        reader = _FILE_READERS[file.suffix.lower()]
+        before = len(texts)
+        try:
+            for line_no, text, key in _checked_rows(
+                reader(file, text_field, label_field), file, text_field, label_field
+            ):
+                label = ids.get(key)
+                if label is None and by_value and _INT.fullmatch(key):
+                    label = by_value.get(int(key))
+                if label is None:
+                    raise DatasetError(
+                        f"{file}:{line_no}: label {key!r} in {label_field!r} is not one of the federation's labels "
+                        f"{list(names)}"
+                    )
+                texts.append(text)
+                labels.append(label)
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{file}: not valid UTF-8 at byte {err.start}; save the file as UTF-8") from None
+        if len(texts) == before:
+            raise DatasetError(
+                f"{file}: empty file: no examples (expected rows with {text_field!r} and {label_field!r})"
+            )
+    name = Path(path).expanduser().name
+    return TextDataset(texts, np.asarray(labels, dtype=np.int64), names, name)

@@ -59,5 +59,8 @@ NODE_NUM_PARTITIONS = "num-partitions"
 NODE_ROLE = "role"
 NODE_CLIENT_ID = "client-id"
 NODE_OUTPUT_DIR = "output-dir"  # where a node writes its run files (default: the server's run folder)
+NODE_DATA_PATH = "data-path"  # the device's own labelled data (CSV / JSON-lines file or folder); deployment only
+NODE_TEXT_FIELD = "text-field"  # column of the text in the device's file (default: the federation's data.text_field)
+NODE_LABEL_FIELD = "label-field"  # column of the label in the device's file (default: data.label_field)
 NODE_EXPORT_DIR = "export-dir"  # export folder of an inference-only node (role='inference')
 NODE_WORKER_SOCKET = "worker-socket"  # Unix socket of the node's long-lived local worker (client/worker.py)

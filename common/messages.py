@@ -17,6 +17,7 @@ decodes them where the expected ids and classes are known.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -28,6 +29,8 @@ from nebula.common import keys
 from nebula.common.config import ConfigError, NebulaConfig
 
 ROLES = (keys.ROLE_CLIENT, keys.ROLE_TEACHER, keys.ROLE_INFERENCE)
+CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # stored in the ledger, logged, used in paths
+MAX_EXAMPLES = 10**9  # a client's example count above this is not a device's data
 
 
 class MessageError(ValueError):
@@ -159,7 +162,8 @@ class Envelope:
 
     def record(self, kind: str, fields: dict) -> RecordDict:
         round_fields = {keys.TEACHER_INDEX: self.teacher_index, keys.OUTPUT_DIR: self.output_dir, **fields}
-        return RecordDict({keys.CONFIG: ConfigRecord(self.config.to_flat()), keys.ROUND: ConfigRecord(round_fields)})
+        config = ConfigRecord(self.config.for_nodes().to_flat())  # nothing only the server may know
+        return RecordDict({keys.CONFIG: config, keys.ROUND: ConfigRecord(round_fields)})
 
     @classmethod
     def read(cls, kind: str, content: RecordDict) -> tuple[Envelope, _Fields]:
@@ -340,14 +344,25 @@ class DescribeReply:
         role = rec.str(keys.ROLE)
         if role not in ROLES:
             raise MessageError(cls.TYPE, keys.ROLE, f"is {role!r}, not one of {', '.join(ROLES)}")
-        return cls(
-            role=role,
-            client_id=rec.str(keys.CLIENT_ID),
-            client_index=rec.int(keys.CLIENT_INDEX, minimum=-1),
-            model=rec.str(keys.MODEL),
-            num_examples=rec.int(keys.NUM_EXAMPLES, minimum=0),
-            label_counts=tuple(int(c) for c in rec.ints(keys.LABEL_COUNTS, minimum=0)),
-        )
+        client_id = rec.str(keys.CLIENT_ID)
+        if not CLIENT_ID.match(client_id):
+            shown = repr(client_id[:80])
+            raise MessageError(cls.TYPE, keys.CLIENT_ID, f"is {shown}: use 1-64 letters, digits, '.', '_' or '-'")
+        num_examples = rec.int(keys.NUM_EXAMPLES, minimum=0)
+        counts = tuple(int(c) for c in rec.ints(keys.LABEL_COUNTS, minimum=0))
+        _check_holdings(role, num_examples, counts)
+        return cls(role, client_id, rec.int(keys.CLIENT_INDEX, minimum=-1), rec.str(keys.MODEL), num_examples, counts)
+
+
+def _check_holdings(role: str, num_examples: int, counts: tuple[int, ...]) -> None:
+    """A client's example count is its label counts' sum, within bounds; other roles hold no private data."""
+    kind = DescribeReply.TYPE
+    if role == keys.ROLE_CLIENT and num_examples > MAX_EXAMPLES:
+        raise MessageError(kind, keys.NUM_EXAMPLES, f"is {num_examples}, above {MAX_EXAMPLES}")
+    if role == keys.ROLE_CLIENT and sum(counts) != num_examples:
+        raise MessageError(kind, keys.LABEL_COUNTS, f"sum to {sum(counts)}, num-examples says {num_examples}")
+    if role != keys.ROLE_CLIENT and (num_examples or any(counts)):
+        raise MessageError(kind, keys.NUM_EXAMPLES, f"is {num_examples}: a {role} node holds no private data")
 
 
 @dataclass(frozen=True)

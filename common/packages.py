@@ -124,3 +124,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 ASSET_PACKAGES: tuple[str, ...] = tuple(
     dict.fromkeys([s.requirement for m in BUILTIN_MODELS.values() for s in m.sources] + [TWEETS_PACKAGE, BBC_PACKAGE])
 )
+
+
+def builtin_name(name_or_path: str) -> str | None:
+    """The builtin a model reference stands for: its name, its cache folder (``.../models/minilm-l3``) or the
+    Hub id it is built from (``sentence-transformers/paraphrase-MiniLM-L3-v2``, how saved adapters name it)."""
+    if name_or_path in BUILTIN_MODELS:
+        return name_or_path
+    for model in BUILTIN_MODELS.values():
+        if name_or_path == model.upstream:
+            return model.name
+    path = Path(name_or_path)
+    return path.name if path.name in BUILTIN_MODELS and path.parent.name == "models" else None

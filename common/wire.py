@@ -163,6 +163,17 @@ def encode_logits(ids: np.ndarray, logits: np.ndarray, *, dtype: str = "float16"
     return fields + struct.pack("<I", crc) + ids_bytes + body
 
 
+def with_checksum(blob: bytes) -> bytes:
+    """``blob`` (version 2) with its CRC recomputed: for fault injection, which changes a payload's bytes on purpose
+    to send what a buggy but well-formed client would (NaN logits, say) rather than a corrupted one."""
+    fields = bytes(blob[:_CRC_OFFSET])
+    return (
+        fields
+        + struct.pack("<I", zlib.crc32(bytes(blob[HEADER_SIZE:]), zlib.crc32(fields)))
+        + bytes(blob[HEADER_SIZE:])
+    )
+
+
 def decode_logits(
     blob: bytes, *, expected_ids: np.ndarray | None = None, num_classes: int | None = None, legacy: bool = False
 ) -> DecodedLogits:

@@ -28,6 +28,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 PrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
 
 
+# What a CA's key may do: sign certificates and revocation lists (and be a digital signature); nothing else.
+_CA_KEY_USAGE = dict.fromkeys(
+    ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only", "decipher_only"),
+    False,
+) | {"digital_signature": True, "key_cert_sign": True, "crl_sign": True}
+
+
 def make_ca(common_name: str = "Nebula CA", *, days: int = 3650) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A self-signed CA key and certificate (may sign leaf certificates only: path length 0)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -43,17 +50,7 @@ def make_ca(common_name: str = "Nebula CA", *, days: int = 3650) -> tuple[ec.Ell
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            x509.KeyUsage(**_CA_KEY_USAGE),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -96,15 +93,33 @@ def make_ed25519_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def write_private_key(path: str | Path, key: PrivateKey) -> Path:
-    """PKCS#8 PEM, unencrypted, created with mode 0600."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+def write_secret(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` with mode 0600, whatever was there before.
+
+    The bytes go to a new file beside ``path`` (created with O_EXCL and O_NOFOLLOW: never an existing
+    file, never through a link), which then replaces ``path``. An existing file keeps neither its
+    mode nor its content, and a symbolic link at ``path`` is replaced, not followed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_private_key(path: str | Path, key: PrivateKey) -> Path:
+    """PKCS#8 PEM, unencrypted, mode 0600 (:func:`write_secret`)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return write_secret(path, pem)
 
 
 def write_public_key(path: str | Path, key: PrivateKey) -> Path:

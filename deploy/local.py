@@ -1,10 +1,13 @@
 """A whole Nebula federation on one host, over Flower's deployment engine, as an operator runs one.
 
 :class:`LocalFederation` starts, on loopback, a SuperLink with TLS, SuperNode authentication, a
-state database and runtime package installation off; registers each SuperNode's public key
-under its name; starts the teacher and client SuperNodes with their node config; submits the
-run with ``flwr run``; polls until it ends; and stops every process it started, by process id
-(:mod:`nebula.deploy.processes`), also when anything fails. ``nebula deploy up`` / ``down`` drive it.
+state database and runtime package installation off; optionally the fleet gate in front of it
+(:mod:`nebula.deploy.fleet_gate`, on another loopback port: the SuperNodes connect to the gate,
+which forwards the Fleet API only, while this class's own ``flwr`` calls go to the SuperLink);
+registers each SuperNode's public key under its name; starts the teacher and client SuperNodes
+with their node config; submits the run with ``flwr run``; polls until it ends; and stops every
+process it started, by process id (:mod:`nebula.deploy.processes`), also when anything fails.
+``nebula deploy up`` / ``down`` drive it (``up`` starts the gate unless ``--no-gate``).
 
 Everything a run writes stays in its folder ``RUN_DIR``:
 
@@ -12,9 +15,11 @@ Everything a run writes stays in its folder ``RUN_DIR``:
 ``flwr/``              FLWR_HOME: ``config.toml`` (the ``nebula`` connection, with the CA),
                        installed app bundles; nothing is written to the home folder
 ``state.db``           the SuperLink's database (registered SuperNodes, runs)
-``logs/NAME.log``      each process's output; ``logs/run-ID.log`` is ``flwr log`` of the run
+``logs/NAME.log``      each process's output (``fleet-gate.log``: the gate's, with every refused
+                       request); ``logs/run-ID.log`` is ``flwr log`` of the run
 ``server/``            the ServerApp's output: ``ledger.sqlite``, ``metrics.jsonl``, checkpoints
 ``nodes/NAME/``        what each node saves (its adapters; the teacher's models)
+                       (a client's own data stays where it is: its node config names its path)
 ``pids.json``          the processes started, for ``nebula deploy down``
 ``run-ID.json``        Flower's record of a finished run (status, timestamps, traffic)
 =====================  =======================================================================
@@ -47,6 +52,7 @@ from nebula.common import keys
 from nebula.common.run_folder import RunFolder
 from nebula.deploy.pki import DeploymentMaterial
 from nebula.deploy.processes import ProcInfo, Started, family, read_pid_file, send_signal, spawn, stop, write_pid_file
+from nebula.server.identity import write_registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml + sources
 CONNECTION = "nebula"
@@ -65,6 +71,10 @@ class NodeSpec:
     ``registered=False`` starts it without registering its public key (the SuperLink refuses it);
     ``worker=True`` starts a long-lived local worker beside it (:mod:`nebula.client.worker`) and names its
     socket in the node config, so its messages are computed without a process start each.
+    ``data_path`` (a client's own CSV / JSON-lines file or folder, made absolute) and its ``text_field`` /
+    ``label_field`` go into its node config as ``data-path``, ``text-field``, ``label-field``: the client
+    trains on that file instead of its partition of the shared dataset (client/node.py). Only this node's
+    config names it.
     """
 
     name: str
@@ -74,12 +84,24 @@ class NodeSpec:
     key: Path | None = None
     registered: bool = True
     worker: bool = False
+    data_path: str | Path | None = None
+    text_field: str = ""
+    label_field: str = ""
 
     def node_config(self, output_dir: Path) -> str:
         """``--node-config`` text: what client/node.py reads (strings quoted, as Flower wants)."""
         values = {keys.NODE_ROLE: self.role, keys.NODE_CLIENT_ID: self.name, keys.NODE_OUTPUT_DIR: str(output_dir)}
         if self.worker:
             values[keys.NODE_WORKER_SOCKET] = str(worker_socket_path(output_dir))
+        if self.data_path is not None:
+            if self.role != keys.ROLE_CLIENT:
+                raise DeployError(f"node {self.name}: only a client node trains on its own data, this is a {self.role}")
+            values[keys.NODE_DATA_PATH] = str(Path(self.data_path).expanduser().resolve())
+            for key, field in ((keys.NODE_TEXT_FIELD, self.text_field), (keys.NODE_LABEL_FIELD, self.label_field)):
+                if field:
+                    values[key] = field
+        elif self.text_field or self.label_field:
+            raise DeployError(f"node {self.name}: text_field / label_field need a data_path")
         bad = [f"{k}={v!r}" for k, v in values.items() if "'" in v or "=" in v]
         if bad:
             raise DeployError(f"node {self.name}: node config values may not hold quotes or '=': {', '.join(bad)}")
@@ -91,11 +113,37 @@ def worker_socket_path(node_dir: Path) -> Path:
     return Path(node_dir) / "worker.sock"
 
 
-def federation_nodes(teacher: str, clients: Sequence[str], *, workers: bool = False) -> list[NodeSpec]:
-    """The teacher (partition ``len(clients)``, as the server expects) and clients 0..n-1."""
+def federation_nodes(
+    teacher: str,
+    clients: Sequence[str],
+    *,
+    workers: bool = False,
+    data: Mapping[str, str | Path] | None = None,
+    text_field: str = "",
+    label_field: str = "",
+) -> list[NodeSpec]:
+    """The teacher (partition ``len(clients)``, as the server expects) and clients 0..n-1.
+
+    ``data`` maps a client's name to its own data file or folder (the others train on their partition of
+    the shared dataset); ``text_field`` / ``label_field`` name its columns (default: the run's data fields).
+    """
+    data = dict(data or {})
+    unknown = sorted(set(data) - set(clients))
+    if unknown:
+        raise DeployError(f"data given for {', '.join(unknown)}, not client nodes (clients: {', '.join(clients)})")
     n = len(clients)
     return [NodeSpec(teacher, keys.ROLE_TEACHER, n, n, worker=workers)] + [
-        NodeSpec(c, keys.ROLE_CLIENT, i, n, worker=workers) for i, c in enumerate(clients)
+        NodeSpec(
+            c,
+            keys.ROLE_CLIENT,
+            i,
+            n,
+            worker=workers,
+            data_path=data.get(c),
+            text_field=text_field if c in data else "",
+            label_field=label_field if c in data else "",
+        )
+        for i, c in enumerate(clients)
     ]
 
 
@@ -122,15 +170,29 @@ class LocalFederation:
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
         self.processes: list[Started] = []
         self.node_ids: dict[str, int] = {}  # registered name -> SuperNode id
+        self.registered: dict[str, tuple[str, str, bytes]] = {}  # name -> (role, client id, public key)
         self.superlink: Started | None = None
         self.port = 0
+        self.gate: Started | None = None  # the fleet gate, when started: the SuperNodes' address
+        self.gate_port = 0
         for sub in ("flwr", "logs", "server", "nodes", "tmp"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
 
     # -- paths and environment -------------------------------------------------------------
     @property
     def address(self) -> str:
+        """The SuperLink's address (all its APIs): where this class's ``flwr`` calls go."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def gate_address(self) -> str:
+        """The fleet gate's address (the Fleet API only)."""
+        return f"{self.host}:{self.gate_port}"
+
+    @property
+    def fleet_address(self) -> str:
+        """Where the SuperNodes connect: the fleet gate once it is started, else the SuperLink."""
+        return self.gate_address if self.gate is not None else self.address
 
     @property
     def server_dir(self) -> Path:
@@ -210,6 +272,45 @@ class LocalFederation:
             f"SuperLink not healthy on https://{self.address}/health after {timeout:.0f} s; see {self.superlink.log}"
         )
 
+    def start_gate(self, *, port: int = 0, timeout: float = 60.0) -> Started:
+        """Start the fleet gate (``nebula fleet-gate``) in front of the running SuperLink; wait until it answers.
+
+        SuperNodes started after this connect to the gate (:attr:`fleet_address`). Ready means: its TLS
+        handshake passes with the CA and it refuses ``GET /`` with 403, as it refuses every non-Fleet path.
+        """
+        if self.superlink is None:
+            raise DeployError("start the SuperLink before the fleet gate")
+        self.gate_port = port or free_port(self.host)
+        argv = [
+            self._bin("nebula"),
+            "fleet-gate",
+            "--listen",
+            self.gate_address,
+            "--superlink",
+            self.address,
+            "--certs",
+            str(self.material.root),
+        ]
+        gate = self._started(
+            spawn("fleet-gate", argv, env=self.env(), log_path=self.log_path("fleet-gate"), cwd=self.run_dir)
+        )
+        context = ssl.create_default_context(cafile=str(self.material.ca_cert))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(gate, "fleet gate")
+            try:
+                urllib.request.urlopen(f"https://{self.gate_address}/", context=context, timeout=2).close()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 403:
+                    self.gate = gate
+                    return gate
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise DeployError(
+            f"fleet gate not answering on https://{self.gate_address} after {timeout:.0f} s; see {gate.log}"
+        )
+
     def _write_connection(self) -> None:
         text = (
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -254,13 +355,13 @@ class LocalFederation:
         if spec.worker:
             self.start_worker(spec.name)
         if spec.registered:
-            self.register(
-                spec.name, self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub")
-            )
+            public = self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub")
+            self.register(spec.name, public)
+            self.registered[spec.name] = (spec.role, spec.name, public.read_bytes())
         argv = [
             self._bin("flower-supernode"),
             "--superlink",
-            self.address,
+            self.fleet_address,
             "--root-certificates",
             str(self.material.ca_cert),
             "--auth-supernode-private-key",
@@ -400,20 +501,34 @@ def start_federation(
     overrides: Mapping[str, object] | None = None,
     port: int = 0,
     workers: bool = False,
+    data: Mapping[str, str | Path] | None = None,
+    text_field: str = "",
+    label_field: str = "",
+    gate: bool = True,
+    gate_port: int = 0,
 ) -> tuple[LocalFederation, int]:
     """SuperLink, the registered teacher and client SuperNodes, the run submitted: ``(federation, run id)``.
 
-    ``data.num_clients`` is set to ``len(clients)``. If any step fails, everything started is
-    stopped before the error propagates.
+    ``data.num_clients`` is set to ``len(clients)``. ``data`` (client name -> its own file or folder),
+    ``text_field`` and ``label_field``: as :func:`federation_nodes`. ``gate`` (default): the fleet gate runs
+    on ``gate_port`` (0: a free one) and the SuperNodes connect through it. If any step fails, everything
+    started is stopped before the error propagates.
     """
+    nodes = federation_nodes(
+        teacher, clients, workers=workers, data=data, text_field=text_field, label_field=label_field
+    )
     fed = LocalFederation(run_dir, material)
     try:
         fed.start_superlink(port=port)
-        nodes = federation_nodes(teacher, clients, workers=workers)
+        if gate:
+            fed.start_gate(port=gate_port)
         for spec in nodes:
             fed.start_supernode(spec)
         fed.wait_online([n.name for n in nodes])
-        return fed, fed.submit(preset=preset, overrides={"data.num_clients": len(clients), **(overrides or {})})
+        # The server takes each node's role and client id from its registered key (server/identity.py).
+        registry = write_registry(fed.run_dir / "nodes.json", fed.registered)
+        pinned = {"data.num_clients": len(clients), "federation.node_registry": str(registry.resolve())}
+        return fed, fed.submit(preset=preset, overrides={**pinned, **(overrides or {})})
     except BaseException:
         fed.stop()
         raise

@@ -25,7 +25,6 @@ target file exists, unless ``force``: an existing CA or key is never replaced by
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -42,7 +41,9 @@ from nebula.deploy.certs import (
     write_cert,
     write_private_key,
     write_public_key,
+    write_secret,
 )
+from nebula.server.identity import write_registry
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -69,10 +70,16 @@ class DeploymentMaterial:
     operator_keys: dict[str, Path] = field(default_factory=dict)
     operators_dir: Path | None = None
 
+    @property
+    def node_registry(self) -> Path:
+        """``nodes.json``: each SuperNode's role, client id and key fingerprint (server/identity.py)."""
+        return self.root / "nodes.json"
+
     @classmethod
     def at(cls, root: str | Path, nodes: Sequence[str] = (), operators: Sequence[str] = ()) -> DeploymentMaterial:
-        """The paths of a material folder (whether or not they exist yet)."""
-        root = Path(root)
+        """The paths of a material folder (whether or not they exist yet), absolute: the processes that read them
+        start in other folders (a relative ``--certs runs/pki`` must mean the same to each of them)."""
+        root = Path(root).absolute()
         return cls(
             root=root,
             ca_cert=root / "ca.pem",
@@ -114,10 +121,7 @@ def write_supernode_key(private_path: Path, public_path: Path, key: ec.EllipticC
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    os.chmod(private_path, 0o600)  # O_CREAT's mode does not apply to a file that already existed (--force)
+    write_secret(private_path, private)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_path.write_bytes(public + f" nebula-{private_path.stem}\n".encode())
 
@@ -162,25 +166,31 @@ def write_deployment_material(
     ca_key, ca_cert = make_ca("Nebula deployment CA")
     tls_key, tls_cert = make_server_cert(ca_key, ca_cert, hosts)
     write_cert(material.ca_cert, ca_cert)
-    _private(material.ca_key, ca_key)
+    write_private_key(material.ca_key, ca_key)
     write_cert(material.tls_cert, tls_cert)
-    _private(material.tls_key, tls_key)
+    write_private_key(material.tls_key, tls_key)
     signing = make_ed25519_key()
-    _private(material.signing_key, signing)
+    write_private_key(material.signing_key, signing)
     write_public_key(material.signing_pub, signing)
     for name in nodes:
         write_supernode_key(material.supernode_keys[name], material.supernode_pubs[name], make_supernode_key())
+    write_node_registry(material, teachers=[n for n in nodes if n.startswith("teacher")])
     assert material.operators_dir is not None
     for name in operators:
         key = make_ed25519_key()
-        _private(material.operator_keys[name], key)
+        write_private_key(material.operator_keys[name], key)
         write_public_key(material.operators_dir / f"{name}.pub", key)
     return material
 
 
-def _private(path: Path, key) -> None:
-    write_private_key(path, key)
-    os.chmod(path, 0o600)  # also when --force replaced an existing file with another mode
+def write_node_registry(material: DeploymentMaterial, *, teachers: Sequence[str]) -> Path:
+    """``nodes.json`` for ``material``'s SuperNodes: ``teachers`` are the teacher, every other node a client whose
+    client id is its name. The server reads it with ``federation.node_registry`` (server/identity.py)."""
+    entries = {
+        name: ("teacher" if name in teachers else "client", name, material.supernode_pubs[name].read_bytes())
+        for name in material.supernode_pubs
+    }
+    return write_registry(material.node_registry, entries)
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,15 @@ MANIFEST = "nebula-manifest.json"
 # Bump when a builder changes what it writes: older folders are then rebuilt, not trusted.
 _MANIFEST_FORMAT = 1
 
+
+# How a builtin's local build differs from the upstream weights its hub id names (model cards say so).
+BUILD_NOTES = {
+    "minilm-l3": (
+        "Rebuilt from the upstream ONNX export, which drops BERT's pooler: the pooler here is a fixed seeded one. "
+        "Any pooler in the upstream checkpoint differs, so load the adapter on this build (the Hugging Face "
+        "cache entry `nebula setup` writes) for the same predictions."
+    ),
+}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -88,8 +98,15 @@ def prepare_all(
     cache_dir: Path | None = None,
     names: Sequence[str] = ("minilm-l3", "minilm-l6"),
     progress: Callable[[str], None] = print,
+    hub_cache: str | Path | None | bool = None,
 ) -> dict[str, str]:
-    """Build (or verify) the folders of ``names`` ahead of a run; returns name -> folder."""
+    """Build (or verify) the folders of ``names`` ahead of a run; returns name -> folder.
+
+    Each one is also installed in the Hugging Face hub cache under its hub id
+    (:func:`install_in_hub_cache`; ``hub_cache``: that cache's folder, default huggingface_hub's;
+    False: skip), so that a saved adapter, which names its base by that id, loads offline with plain
+    transformers / PEFT.
+    """
     unknown = [n for n in names if n not in BUILTIN_MODELS]
     if unknown:
         raise AssetError(f"unknown builtin model(s) {unknown}; known: {sorted(BUILTIN_MODELS)}")
@@ -97,11 +114,112 @@ def prepare_all(
     folders = {}
     for name in names:
         start = time.perf_counter()
-        progress(f"{name}: preparing {BUILTIN_MODELS[name].upstream} in {cache / 'models'}")
-        folder, built = _materialize(BUILTIN_MODELS[name], cache)
+        model = BUILTIN_MODELS[name]
+        progress(f"{name}: preparing {model.upstream} in {cache / 'models'}")
+        folder, built = _materialize(model, cache)
         progress(f"{name}: {'built' if built else 'verified'} {folder} ({time.perf_counter() - start:.1f} s)")
+        if hub_cache is not False:
+            with _exclusive_lock(cache / "models" / f".{name}.lock"):
+                entry = install_in_hub_cache(model, folder, hub_cache=None if hub_cache in (None, True) else hub_cache)
+            note = "" if entry.is_main else f" (refs/main left on {entry.main!r}, not Nebula's build)"
+            progress(f"{name}: Hugging Face cache {entry.snapshot} as {model.upstream}{note}")
         folders[name] = str(folder)
     return folders
+
+
+# --- the Hugging Face hub cache: builtins under their hub ids, for offline loading -------
+
+
+@dataclass(frozen=True)
+class HubCacheEntry:
+    """Where :func:`install_in_hub_cache` put a builtin: its snapshot folder and revision, and the
+    revision ``refs/main`` names (``is_main``: the one ``from_pretrained(hub id)`` loads)."""
+
+    snapshot: Path
+    revision: str
+    main: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.main == self.revision
+
+
+def hub_revision(folder: str | Path) -> str:
+    """The revision a built folder gets in the hub cache: the first 40 hex digits of its manifest's
+    sha256 (a local build has no upstream commit; this names exactly these files)."""
+    return _sha256(Path(folder) / MANIFEST)[:40]
+
+
+def install_in_hub_cache(
+    model: BuiltinModel, folder: str | Path, *, hub_cache: str | Path | None = None
+) -> HubCacheEntry:
+    """Put the built ``folder`` of ``model`` into the Hugging Face hub cache under ``model.upstream``.
+
+    Then ``from_pretrained(model.upstream)`` (transformers, PEFT's AutoPeftModel) loads it with
+    ``HF_HUB_OFFLINE=1``, as it loads a downloaded model: the layout is huggingface_hub's,
+    ``models--ORG--NAME/{blobs/<sha256>, snapshots/<revision>/<file> -> ../../blobs/<sha256>,
+    refs/main}``. Blobs are hard links to the folder's files where the file system allows (no extra
+    space), else copies, so the entry never dangles when the Nebula cache moves. The revision is
+    :func:`hub_revision`. ``refs/main`` is pointed at it unless it names a snapshot that Nebula did not
+    write (a real download of the model): that one is left alone. Idempotent; the caller serialises
+    concurrent installs of one model.
+
+    ``hub_cache`` defaults to ``huggingface_hub.constants.HF_HUB_CACHE`` (``$HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``).
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(folder)
+    root = Path(hub_cache if hub_cache is not None else constants.HF_HUB_CACHE).expanduser()
+    repo = root / repo_folder_name(repo_id=model.upstream, repo_type="model")
+    revision = hub_revision(folder)
+    files = dict(_read_manifest(model, folder)["files"])
+    files[MANIFEST] = _sha256(folder / MANIFEST)  # marks the snapshot as Nebula's
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / revision
+    blobs.mkdir(parents=True, exist_ok=True)
+    for rel, digest in sorted(files.items()):
+        blob = blobs / digest
+        if not blob.is_file() or blob.stat().st_size != (folder / rel).stat().st_size:
+            _place_blob(folder / rel, blob)
+        link = snapshot / rel
+        target = os.path.relpath(blob, link.parent)
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+    ref = repo / "refs" / "main"
+    main = ref.read_text().strip() if ref.is_file() else ""
+    if (
+        not main
+        or main == revision
+        or not (repo / "snapshots" / main / "config.json").is_file()
+        or (repo / "snapshots" / main / MANIFEST).is_file()
+    ):
+        _write_text_atomic(ref, revision)  # no newline: huggingface_hub reads the file as is
+        main = revision
+    return HubCacheEntry(snapshot, revision, main)
+
+
+def _place_blob(source: Path, blob: Path) -> None:
+    tmp = blob.with_name(f".{blob.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, tmp)
+    tmp.chmod(0o644)
+    os.replace(tmp, blob)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # --- cache: lock, atomic build, manifest --------------------------------------------------

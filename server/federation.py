@@ -34,9 +34,10 @@ from nebula.common.messages import Envelope, FinishRequest, RoundReply, RoundReq
 from nebula.common.run_folder import RunFolder
 from nebula.server.aggregation import get_rule
 from nebula.server.consensus import round_consensus
-from nebula.server.discovery import Cohort, discover, wait_for_nodes
+from nebula.server.discovery import Cohort, discover, registered_nodes, wait_for_nodes
 from nebula.server.exceptions import ReplyRejected
 from nebula.server.exchange import send_and_receive
+from nebula.server.identity import NodeRegistry
 from nebula.server.ledger import Contribution, Ledger
 from nebula.server.live_unlearning import LiveUnlearning, unlearned_states_dir
 from nebula.server.metrics_log import MetricsLog
@@ -71,6 +72,7 @@ class RoundReport:
     def summary(self) -> dict:
         accs = [m["acc_global"] for m in self.client_metrics.values() if "acc_global" in m]
         own = [m["acc_own"] for m in self.client_metrics.values() if "acc_own" in m]
+        f1s = [m["f1_global"] for m in self.client_metrics.values() if "f1_global" in m]
         return {
             "round": self.round,
             "accepted": len(self.accepted),
@@ -78,8 +80,13 @@ class RoundReport:
             "mean_client_acc": float(np.mean(accs)) if accs else None,
             "min_client_acc": float(np.min(accs)) if accs else None,
             "mean_client_acc_own": float(np.mean(own)) if own else None,
+            "mean_client_f1": float(np.mean(f1s)) if f1s else None,
             "teacher_acc": self.teacher_metrics.get("acc_teacher"),
             "student_acc": self.teacher_metrics.get("acc_student"),
+            "teacher_f1": self.teacher_metrics.get("f1_teacher"),
+            "student_f1": self.teacher_metrics.get("f1_student"),
+            "teacher_top_share": self.teacher_metrics.get("top_share_teacher"),
+            "student_top_share": self.teacher_metrics.get("top_share_student"),
             "teacher_ok": self.teacher_ok,
             "bytes_up_per_client": self.bytes_up_per_client,
             "bytes_down_per_client": self.bytes_down_per_client,
@@ -135,12 +142,17 @@ class Federation:
         """Find the run's clients and teacher (server/discovery.py) and record the run in the ledger."""
         cfg = self.config
         node_ids = wait_for_nodes(self.grid, cfg.data.num_clients + 1, wait_seconds=wait_seconds)
+        identities = None
+        if cfg.federation.node_registry:  # a deployment: identity from the authenticated key (server/identity.py)
+            identities = registered_nodes(self.grid, node_ids, NodeRegistry.load(cfg.federation.node_registry))
+            node_ids = [n for n in node_ids if n in identities]
         self.cohort = discover(
             self._exchange,
             node_ids,
             self.envelope,
             forgotten=self.ledger.forgotten_clients(),
             min_clients=cfg.federation.min_replies,
+            identities=identities,
         )
         self.teacher = TeacherLink(
             self._exchange,

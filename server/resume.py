@@ -34,7 +34,14 @@ from nebula.server.ledger import Ledger
 
 # federation.output_dir: everything in a run folder is found relative to it, so a moved or copied folder resumes.
 MAY_DIFFER = frozenset(
-    {"federation.resume", "federation.rounds", "federation.reply_timeout", "federation.faults", "federation.output_dir"}
+    {
+        "federation.resume",
+        "federation.rounds",
+        "federation.reply_timeout",
+        "federation.faults",
+        "federation.output_dir",
+        "federation.node_registry",
+    }
 )
 
 

@@ -100,7 +100,15 @@ def teach_from_run(
         on_step=None if on_step is None else (lambda step, loss: on_step(step, total, loss)),
     )
     test_logits = predict_logits(teacher.model, encode(teacher.tokenizer, data.texts(data.test), max_length=max_len))
-    adapter = save_adapter(teacher, out)
+    test_accuracy = accuracy(test_logits, data.labels(data.test))
+    adapter = save_adapter(
+        teacher,
+        out,
+        label_names=data.dataset.label_names,
+        config=config,
+        role="offline-teacher",
+        metrics={"test_accuracy": test_accuracy},
+    )
     true = data.labels(data.public[ids])
     report = TeachReport(
         run_id=run.run_id,
@@ -109,7 +117,7 @@ def teach_from_run(
         target_agreement=float(np.mean(probs.argmax(1) == true)),
         epochs=epochs,
         steps=result.steps,
-        test_accuracy=accuracy(test_logits, data.labels(data.test)),
+        test_accuracy=test_accuracy,
         test_size=int(len(data.test)),
         seconds=time.perf_counter() - t0,
         adapter=str(adapter),

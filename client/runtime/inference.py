@@ -40,7 +40,7 @@ from nebula.client.runtime.predictor import EdgePredictor
 from nebula.common.config import NebulaConfig
 from nebula.common.federation_data import FederationData, build_federation_data
 from nebula.common.messages import DescribeRequest, FinishReply, FinishRequest, RoundReply, RoundRequest
-from nebula.common.packages import BUILTIN_MODELS
+from nebula.common.packages import builtin_name
 from nebula.common.wire import encode_logits
 
 # One predictor per export folder and thread count in this process (Flower reuses a
@@ -69,9 +69,8 @@ def predictor_for(folder: str | Path, *, threads: int = 0) -> EdgePredictor:
 
 
 def model_name(base_model: str) -> str:
-    """A builtin model's cache folder (``<cache>/models/minilm-l3``) reads as its name, as ``model.student`` does."""
-    path = Path(base_model)
-    return path.name if path.name in BUILTIN_MODELS and path.parent.name == "models" else base_model
+    """A builtin model's cache folder or Hub id reads as its name (``minilm-l3``), as ``model.student`` does."""
+    return builtin_name(base_model) or base_model
 
 
 class InferenceClient:

@@ -99,8 +99,9 @@ def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 def resolve_base(adapter_dir: str | Path, base: str | None = None, config: dict | None = None) -> str:
     """The folder (or hub id) of the adapter's base model, ready for ``from_pretrained``.
 
-    ``base`` (the ``--base`` option) wins over the recorded ``base_model_name_or_path``. A recorded
-    path ``<cache>/models/<builtin>`` is resolved as that builtin through
+    ``base`` (the ``--base`` option) wins over the recorded ``base_model_name_or_path``. A builtin's hub
+    id (what :func:`~nebula.learning.models.save_adapter` records) is resolved as that builtin; a recorded
+    path ``<cache>/models/<builtin>`` (older adapters) is resolved as that builtin through
     :func:`nebula.learning.assets.resolve_model`, so an adapter trained on another machine (another cache
     path) still finds its base, and the cached weights are verified against their manifest.
     """
@@ -112,9 +113,10 @@ def resolve_base(adapter_dir: str | Path, base: str | None = None, config: dict 
     if not name or not isinstance(name, str):
         raise ExportError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path; pass the base model with --base")
     path = Path(name).expanduser()
+    upstream = {m.upstream: m.name for m in BUILTIN_MODELS.values()}
     try:
-        if name in BUILTIN_MODELS:
-            return resolve_model(name)
+        if name in BUILTIN_MODELS or name in upstream:  # a builtin, by name or by the hub id adapters record
+            return resolve_model(upstream.get(name, name))
         if path.name in BUILTIN_MODELS and path.parent.name == "models":
             cache = path.parent.parent
             return resolve_model(path.name, cache_dir=cache if cache.is_dir() else None)

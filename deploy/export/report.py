@@ -279,10 +279,11 @@ def _reference_row(
 
 def _base_name(adapter_dir: str | Path) -> str:
     """Short name of an adapter's base model: the builtin's or the folder's name, or the hub id."""
+    from nebula.common.packages import builtin_name
     from nebula.deploy.export.merge import read_adapter_config
 
     name = str(read_adapter_config(Path(adapter_dir)).get("base_model_name_or_path") or "?")
-    return Path(name).name if Path(name).is_absolute() else name
+    return builtin_name(name) or (Path(name).name if Path(name).is_absolute() else name)
 
 
 # --- printing ----------------------------------------------------------------------------------

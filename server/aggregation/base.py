@@ -32,7 +32,6 @@ class AggregationRule(abc.ABC):
 
     name: ClassVar[str]
 
-    @abc.abstractmethod
     def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
         """Consensus probabilities of ``K`` clients.
 
@@ -55,6 +54,15 @@ class AggregationRule(abc.ABC):
         AggregationError
             When :func:`check_inputs` refuses the inputs.
         """
+        check_inputs(probs, weights, support)
+        p, w = np.asarray(probs, dtype=np.float64), np.asarray(weights, dtype=np.float64)  # (K, N, C), (K,)
+        s = None if support is None else np.asarray(support, dtype=np.float64)  # (K, C)
+        return self.combine(p, w, s)
+
+    @abc.abstractmethod
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        """The rule itself, on inputs :meth:`aggregate` checked: float64 ``p`` (K, N, C), ``w`` (K,),
+        ``support`` (K, C) or None; returns the consensus (N, C)."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -41,7 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from nebula.server.aggregation.base import AggregationError, AggregationRule
 from nebula.server.aggregation.registry import register
 
 _LOG_FLOOR = 1e-12  # probabilities below this are treated as this (log stays finite)
@@ -66,11 +66,9 @@ class ClassContrastRule(AggregationRule):
             raise AggregationError(f"class-contrast: sweeps must be a positive integer, got {sweeps!r}")
         self.sweeps = sweeps
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        z = np.log(np.clip(np.asarray(probs, dtype=np.float64), _LOG_FLOOR, None))  # (K, N, C)
-        w = np.asarray(weights, dtype=np.float64)  # (K,)
-        s = np.repeat(w[:, None], z.shape[2], axis=1) if support is None else np.asarray(support, dtype=np.float64)
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        z = np.log(np.clip(p, _LOG_FLOOR, None))  # (K, N, C)
+        s = np.repeat(w[:, None], z.shape[2], axis=1) if support is None else support
         f = contrast_fit(z, s, w, sweeps=self.sweeps)  # (N, C)
         f -= f.max(axis=1, keepdims=True)
         e = np.exp(f)

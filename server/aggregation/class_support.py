@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationRule, check_inputs, normalise_rows, weighted_mean
+from nebula.server.aggregation.base import AggregationRule, normalise_rows, weighted_mean
 from nebula.server.aggregation.registry import register
 
 
@@ -38,13 +38,11 @@ class ClassSupportRule(AggregationRule):
 
     name: ClassVar[str] = "class-support"
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        p = np.asarray(probs, dtype=np.float64)  # (K, N, C)
-        mean = weighted_mean(p, weights)  # (N, C)
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        mean = weighted_mean(p, w)  # (N, C)
         if support is None:
             return mean / mean.sum(axis=1, keepdims=True)
-        s = np.asarray(support, dtype=np.float64)  # (K, C)
+        s = support  # (K, C)
         totals = s.sum(axis=0)  # (C,)
         seen = totals > 0
         per_class = np.einsum("kc,knc->nc", s, p) / np.where(seen, totals, 1.0)  # (N, C)

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs
+from nebula.server.aggregation.base import AggregationError, AggregationRule
 from nebula.server.aggregation.registry import register
 
 _TINY = 1e-300  # log(0) guard; exp(log(_TINY) / T) underflows to 0, as it should
@@ -54,10 +54,7 @@ class EntropyRule(AggregationRule):
         self.sharpen_temperature = float(sharpen_temperature)
         self.epsilon = float(epsilon)
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        p = np.asarray(probs, dtype=np.float64)  # (K, N, C)
-        w = np.asarray(weights, dtype=np.float64)  # (K,)
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
         c = p.shape[2]
         confidence = 1.0 - _entropy(p) / np.log(c) if c > 1 else np.ones(p.shape[:2])  # (K, N)
         a = w[:, None] * (np.clip(confidence, 0.0, 1.0) + self.epsilon)  # (K, N)

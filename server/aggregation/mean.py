@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationRule, check_inputs, weighted_mean
+from nebula.server.aggregation.base import AggregationRule, weighted_mean
 from nebula.server.aggregation.registry import register
 
 
@@ -23,7 +23,6 @@ class MeanRule(AggregationRule):
 
     name: ClassVar[str] = "mean"
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        consensus = weighted_mean(probs, weights)  # (N, C)
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        consensus = weighted_mean(p, w)  # (N, C)
         return consensus / consensus.sum(axis=1, keepdims=True)

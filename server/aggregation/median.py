@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationRule, check_inputs, normalise_rows
+from nebula.server.aggregation.base import AggregationRule, normalise_rows
 from nebula.server.aggregation.registry import register
 
 
@@ -27,7 +27,5 @@ class MedianRule(AggregationRule):
 
     name: ClassVar[str] = "median"
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        p = np.asarray(probs, dtype=np.float64)  # (K, N, C)
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
         return normalise_rows(np.median(p, axis=0), p.mean(axis=0))

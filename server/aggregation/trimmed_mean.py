@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from nebula.server.aggregation.base import AggregationError, AggregationRule, check_inputs, normalise_rows
+from nebula.server.aggregation.base import AggregationError, AggregationRule, normalise_rows
 from nebula.server.aggregation.registry import register
 
 
@@ -40,9 +40,8 @@ class TrimmedMeanRule(AggregationRule):
             raise AggregationError(f"trimmed-mean: trim must be in [0, 0.5), got {trim}")
         self.trim = float(trim)
 
-    def aggregate(self, probs: np.ndarray, *, weights: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-        check_inputs(probs, weights, support)
-        p = np.sort(np.asarray(probs, dtype=np.float64), axis=0)  # (K, N, C), sorted per coordinate
+    def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
+        p = np.sort(p, axis=0)  # (K, N, C), sorted per coordinate
         k = p.shape[0]
         b = min(int(np.floor(self.trim * k)), (k - 1) // 2)  # keeps K - 2b >= 1
         return normalise_rows(p[b : k - b].mean(axis=0), p.mean(axis=0))

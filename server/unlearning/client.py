@@ -2,10 +2,16 @@
 
 Used by ``nebula unlearn``; usable as a library::
 
-    with OperatorClient("unlearn.example.org:50061", ca="ca.pem", key="operator.key") as api:
+    with OperatorClient("unlearn.example.org:50061", ca="ca.pem", key="operator.key",
+                        server_key="server-signing.pub") as api:
         reply = api.submit("jetson-07", reason="GDPR art. 17 request #1234", mode="reaggregate",
                            idempotency_key="ticket-1234")
         status = api.status(reply.request_id)
+
+Every call is signed for one deployment, its audience (server/unlearning/auth.py): the key id of that
+service's signing public key, ``server-signing.pub``. Give the key file (``server_key``) or the key id
+(``audience``); with neither, ``server-signing.pub`` next to the CA file is used if it is there (the
+layout ``nebula certs`` writes).
 """
 
 from __future__ import annotations
@@ -15,12 +21,19 @@ from pathlib import Path
 
 import grpc
 
-from nebula.server.unlearning.auth import call_fields, sign_call
+from nebula.server.unlearning.auth import audience_of, call_fields, check_audience, sign_call
 from nebula.server.unlearning.crypto import load_private_key
 from nebula.server.unlearning.proto import unlearn_pb2 as pb
 from nebula.server.unlearning.proto import unlearn_pb2_grpc as pb_grpc
 
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+SERVER_KEY_NAME = "server-signing.pub"  # the server's signing public key, as `nebula certs` names it
+
+
+def server_key_beside(ca: str | Path) -> Path | None:
+    """``server-signing.pub`` in the CA certificate's folder, if there is one there."""
+    candidate = Path(ca).parent / SERVER_KEY_NAME
+    return candidate if candidate.is_file() else None
 
 
 class OperatorCallError(RuntimeError):
@@ -39,19 +52,31 @@ class OperatorClient:
     target : ``host:port`` of the service.
     ca : PEM file of the CA that issued the server's TLS certificate.
     key : the operator's Ed25519 private key (PEM).
+    server_key : the server's Ed25519 signing public key (PEM, ``server-signing.pub``): the calls are signed
+        for its deployment (``audience_of``). Default: ``server-signing.pub`` next to ``ca``, if it exists.
+    audience : the deployment's audience itself (``sha256:<hex>`` key id), instead of ``server_key``.
     timeout_s : deadline of each call.
     attempts : tries of a call whose server is unreachable (each one signed anew; a submit keeps its
         idempotency key, so a retry never creates a second request).
     """
 
     def __init__(
-        self, target: str, *, ca: str | Path, key: str | Path, timeout_s: float = 10.0, attempts: int = 3
+        self,
+        target: str,
+        *,
+        ca: str | Path,
+        key: str | Path,
+        server_key: str | Path | None = None,
+        audience: str | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
     ) -> None:
         self.key = load_private_key(key)
         try:
             root = Path(ca).read_bytes()
         except OSError as exc:
             raise ValueError(f"CA certificate {ca}: {exc}") from exc
+        self.audience = _audience(ca=ca, server_key=server_key, audience=audience)
         self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
         self.stub = pb_grpc.UnlearningStub(self.channel)
         self.timeout_s, self.attempts = timeout_s, attempts
@@ -79,7 +104,7 @@ class OperatorClient:
 
     def _call(self, method: str, message: object) -> object:
         for attempt in range(1, self.attempts + 1):
-            auth = sign_call(self.key, method, call_fields(method, message))
+            auth = sign_call(self.key, method, call_fields(method, message), audience=self.audience)
             message.auth.CopyFrom(
                 pb.OperatorAuth(
                     key_id=auth.key_id, timestamp_ms=auth.timestamp_ms, nonce=auth.nonce, signature=auth.signature
@@ -92,3 +117,18 @@ class OperatorClient:
                     raise OperatorCallError(exc.code(), exc.details() or "") from None
                 time.sleep(0.5 * attempt)
         raise AssertionError("unreachable")
+
+
+def _audience(*, ca: str | Path, server_key: str | Path | None, audience: str | None) -> str:
+    if server_key is not None and audience is not None:
+        raise ValueError("give the server's signing public key (server_key) or its audience, not both")
+    if audience is not None:
+        return check_audience(audience)
+    if server_key is None:
+        server_key = server_key_beside(ca)
+        if server_key is None:
+            raise ValueError(
+                f"the server's signing public key is needed (server_key, or audience): the calls are signed for "
+                f"that deployment; there is no {SERVER_KEY_NAME} next to the CA certificate {ca}"
+            )
+    return audience_of(server_key)

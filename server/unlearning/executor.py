@@ -73,12 +73,19 @@ class Executor:
         self._lock = threading.Lock()
 
     def run_pending(self) -> list[UnlearnRequest]:
-        """Carry out every running (resumed) and queued request; returns them as they ended."""
+        """Carry out every running (resumed) and queued request that no other live executor holds; returns
+        them as they ended."""
         with self._lock:
-            return [self._execute(request) for request in self.store.pending()]
+            done = []
+            for pending in self.store.pending():
+                claimed = self.store.claim(pending.request_id)
+                if claimed is None:
+                    log.info("unlearning %s: held by another executor; left to it", pending.request_id)
+                    continue
+                done.append(self._execute(claimed))
+            return done
 
     def _execute(self, request: UnlearnRequest) -> UnlearnRequest:
-        request = self.store.mark_running(request.request_id)
         log.info(
             "unlearning %s: %s client %s (attempt %d)",
             request.request_id,

@@ -186,13 +186,17 @@ def hashes(model: str, before: dict, after: dict) -> dict[str, str]:
 
 def publish(run: RunModels, request_id: str, teacher, student, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the request's final states, adapters and ``models.json``, then point ``CURRENT`` at it."""
+    from nebula.common.federation_data import build_federation_data
     from nebula.learning.models import save_adapter, trainable_state
 
     folder = run.request_dir(request_id)
     save_states(folder, trainable_state(teacher.model), trainable_state(student.model))
     teacher_dir, student_dir = adapter_dirs(run.paths.request_models(request_id))
-    save_adapter(teacher, teacher_dir)
-    save_adapter(student, student_dir)
+    names = build_federation_data(run.config.data).dataset.label_names
+    note = f"The state after unlearning request `{request_id}` ({manifest.get('method', 'unlearning')})."
+    card = {"label_names": names, "config": run.config, "note": note}
+    save_adapter(teacher, teacher_dir, role="teacher", **card)
+    save_adapter(student, student_dir, role="global-student", **card)
     _write_atomic(run.paths.request_manifest(request_id), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     _write_atomic(run.paths.current_pointer, request_id + "\n")
     return manifest

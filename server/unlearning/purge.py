@@ -22,9 +22,7 @@ from nebula.server.unlearning.registry import register
 @register
 class PurgeMode(UnlearnMode):
     name: ClassVar[str] = "purge"
-    summary: ClassVar[str] = (
-        "delete the client's ledger contributions (tombstones remain); consensus and models unchanged"
-    )
+    summary: ClassVar[str] = "delete the client's ledger rows (tombstones remain); consensus and models unchanged"
 
     def apply(self, ctx: UnlearnContext) -> UnlearnOutcome:
         purge(ctx)

@@ -17,6 +17,8 @@ A request goes ``queued -> running -> done | failed``. Rules:
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +46,9 @@ CREATE TABLE IF NOT EXISTS unlearn_requests (
     status TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', certificate_json TEXT NOT NULL DEFAULT '',
     UNIQUE (operator_key, idempotency_key)
+);
+CREATE TABLE IF NOT EXISTS unlearn_claims (
+    request_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, claimed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS unlearn_nonces (
     operator_key TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL,
@@ -78,6 +83,24 @@ def iso_time(ts: float | None) -> str:
     if ts is None:
         return ""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+FOREIGN_CLAIM_S = 6 * 3600.0  # a claim of another host counts as abandoned after this long
+
+
+def _claim_gone(host: str, pid: int, claimed_at: float, *, now: float) -> bool:
+    """Whether the process that claimed a request has stopped (see :meth:`RequestStore.claim`)."""
+    if host != socket.gethostname():
+        return now - claimed_at > FOREIGN_CLAIM_S
+    if pid == os.getpid():
+        return False  # this process holds it (an executor of this process is carrying it out)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def content_sha256(*, client_id: str, reason: str, mode: str) -> str:
@@ -185,9 +208,37 @@ class RequestStore:
         ).fetchall()
         return [UnlearnRequest(*row) for row in rows]
 
-    def mark_running(self, request_id: str) -> UnlearnRequest:
-        self._update(request_id, "status = 'running', started_at = ?, attempts = attempts + 1", (time.time(),))
+    def claim(self, request_id: str) -> UnlearnRequest | None:
+        """Mark the request running for this process, exactly once across executors; None if it is not free.
+
+        A request is free when it is queued, or running under a claim whose process is gone: on this host a
+        process id that no longer exists, on another host a claim older than :data:`FOREIGN_CLAIM_S`. The
+        status check and the update are one transaction, so of two executors on one store only one runs it.
+        """
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        with write_transaction(self._db, what=f"claim unlearning request {request_id}", error=UnlearningError) as db:
+            row = db.execute("SELECT status FROM unlearn_requests WHERE request_id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise UnknownRequest(f"no unlearning request has id {request_id!r}")
+            holder = db.execute("SELECT host, pid, claimed_at FROM unlearn_claims WHERE request_id = ?", (request_id,))
+            claim = holder.fetchone()
+            free = row[0] == "queued" or (row[0] == "running" and (claim is None or _claim_gone(*claim, now=now)))
+            if not free:
+                return None
+            db.execute(
+                "UPDATE unlearn_requests SET status = 'running', started_at = ?, attempts = attempts + 1"
+                " WHERE request_id = ?",
+                (now, request_id),
+            )
+            db.execute("INSERT OR REPLACE INTO unlearn_claims VALUES (?, ?, ?, ?)", (request_id, host, pid, now))
         return self.get(request_id)
+
+    def mark_running(self, request_id: str) -> UnlearnRequest:
+        """:meth:`claim`, raising UnlearningError when another live process holds the request."""
+        claimed = self.claim(request_id)
+        if claimed is None:
+            raise UnlearningError(f"unlearning request {request_id} is held by another running executor")
+        return claimed
 
     def mark_done(self, request_id: str, certificate_json: str) -> UnlearnRequest:
         self._update(

@@ -2,13 +2,16 @@
 
 :func:`serve` starts it. Every call is authenticated first (server/unlearning/auth.py), then its
 content is checked, and only then is anything stored; a refused call changes nothing in the
-ledger or the request store. Errors map to gRPC codes:
+ledger or the request store. Calls are verified for this deployment's audience: the key id of the
+server's signing public key (auth.py), so a call signed for another service, even one that trusts the
+same operator key, is refused. Errors map to gRPC codes:
 
 ==========================  ====================  ============================================
 error                       code                  when
 ==========================  ====================  ============================================
 MissingSignature            UNAUTHENTICATED       no auth block or signature
-OperatorAuthError           PERMISSION_DENIED     untrusted key, bad signature, stale timestamp
+OperatorAuthError           PERMISSION_DENIED     untrusted key, bad signature (or signed for another
+                                                  deployment's audience), stale timestamp
 ReplayedRequest             PERMISSION_DENIED     a submit's nonce was used before
 InvalidUnlearnRequest       INVALID_ARGUMENT      empty or overlong field, unknown mode
 UnknownClient               NOT_FOUND             the client never took part in a run
@@ -45,7 +48,7 @@ from nebula.server.exceptions import (
     UnlearningError,
 )
 from nebula.server.ledger import Ledger
-from nebula.server.unlearning.auth import CallAuth, TrustedOperators, call_fields, check_call
+from nebula.server.unlearning.auth import CallAuth, TrustedOperators, audience_of, call_fields, check_call
 from nebula.server.unlearning.crypto import load_private_key
 from nebula.server.unlearning.executor import Executor
 from nebula.server.unlearning.proto import unlearn_pb2 as pb
@@ -117,22 +120,24 @@ def _auth(message: pb.OperatorAuth, present: bool) -> CallAuth | None:
     )
 
 
+# Fields a status reply copies from the stored request as they are; the times are formatted.
+_STATUS_FIELDS = (
+    "request_id",
+    "client_id",
+    "mode",
+    "reason",
+    "status",
+    "error",
+    "operator_key",
+    "idempotency_key",
+    "attempts",
+    "certificate_json",
+)
+
+
 def to_status(request: UnlearnRequest) -> pb.RequestStatus:
-    return pb.RequestStatus(
-        request_id=request.request_id,
-        client_id=request.client_id,
-        mode=request.mode,
-        reason=request.reason,
-        status=request.status,
-        error=request.error,
-        operator_key=request.operator_key,
-        idempotency_key=request.idempotency_key,
-        created_at=iso_time(request.created_at),
-        started_at=iso_time(request.started_at),
-        finished_at=iso_time(request.finished_at),
-        attempts=request.attempts,
-        certificate_json=request.certificate_json,
-    )
+    times = {name: iso_time(getattr(request, name)) for name in ("created_at", "started_at", "finished_at")}
+    return pb.RequestStatus(**{name: getattr(request, name) for name in _STATUS_FIELDS}, **times)
 
 
 class UnlearningServicer(pb_grpc.UnlearningServicer):
@@ -144,6 +149,7 @@ class UnlearningServicer(pb_grpc.UnlearningServicer):
         store: RequestStore,
         ledger: Ledger,
         operators: TrustedOperators,
+        audience: str,
         window_s: float,
         on_stored: Callable[[], None],
     ) -> None:
@@ -154,11 +160,14 @@ class UnlearningServicer(pb_grpc.UnlearningServicer):
             window_s,
             on_stored,
         )
+        self.audience = audience  # this deployment: key id of the server's signing public key (auth.audience_of)
         self.lock = threading.Lock()
 
     def _operator(self, method: str, request: object) -> CallAuth:
         auth = _auth(request.auth, request.HasField("auth"))
-        check_call(self.operators, method, call_fields(method, request), auth, window_s=self.window_s)
+        check_call(
+            self.operators, method, call_fields(method, request), auth, audience=self.audience, window_s=self.window_s
+        )
         return auth
 
     @_answers
@@ -220,10 +229,12 @@ class UnlearningServer:
         self.config = config.validate()
         store_path = config.store or config.ledger
         operators = TrustedOperators(config.operators)
+        signing_key = load_private_key(config.signing_key)
+        self.audience = audience_of(signing_key)  # what operators sign for: the key id of server-signing.pub
         self.executor = Executor(
             ledger=Ledger(config.ledger),
             store=RequestStore(store_path, nonce_retention_s=2 * config.window_s),
-            signing_key=load_private_key(config.signing_key),
+            signing_key=signing_key,
             checkpoint=checkpoint,
             certificates_dir=config.certificates_dir or RunFolder(Path(config.ledger).parent).certificates,
         )
@@ -232,6 +243,7 @@ class UnlearningServer:
             store=RequestStore(store_path, nonce_retention_s=2 * config.window_s),
             ledger=Ledger(config.ledger),
             operators=operators,
+            audience=self.audience,
             window_s=config.window_s,
             on_stored=self._wake.set,
         )

@@ -33,5 +33,7 @@ def run(config: NebulaConfig) -> BaselineResult:
         mean_client_acc=float(np.mean(acc_global)),
         min_client_acc=float(np.min(acc_global)),
         mean_client_acc_own=float(np.nanmean(acc_own)),
+        mean_client_f1=float(np.mean([a.f1 for a in acc_global])),
+        client_top_shares=[a.top_share for a in acc_global],
         seconds=time.perf_counter() - t0,
     )

@@ -234,3 +234,14 @@ def test_a_header_that_disagrees_with_the_request_costs_no_memory():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20  # under 1 MiB, against the 64 MiB payload
+
+
+def test_with_checksum_makes_a_deliberately_changed_payload_well_formed():
+    from nebula.common.wire import with_checksum
+
+    raw = bytearray(_blob("float32"))
+    raw[-4:] = np.array([np.nan], dtype="<f4").tobytes()
+    with pytest.raises(WireFormatError, match="checksum"):
+        decode_logits(bytes(raw))
+    with pytest.raises(WireFormatError, match="non-finite"):
+        decode_logits(with_checksum(bytes(raw)))

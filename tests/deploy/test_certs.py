@@ -31,3 +31,33 @@ def test_material_is_complete_and_private_keys_are_private(tmp_path):
     [operator_pub] = list(m.operators.iterdir())
     assert operator_pub.name == "alice.pub"
     assert key_id(load_public_key(operator_pub)) == key_id(load_private_key(m.operator_key).public_key())
+
+
+def test_a_secret_never_keeps_an_old_mode_nor_follows_a_link(tmp_path):
+    from nebula.deploy.certs import write_secret
+
+    old = tmp_path / "old.key"
+    old.write_bytes(b"public by mistake")
+    old.chmod(0o644)
+    write_secret(old, b"secret")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600 and old.read_bytes() == b"secret"
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_bytes(b"not yours")
+    link = tmp_path / "link.key"
+    link.symlink_to(elsewhere)
+    write_secret(link, b"secret")
+    assert elsewhere.read_bytes() == b"not yours"  # the link's target is untouched
+    assert not link.is_symlink() and link.read_bytes() == b"secret"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.txt", "link.key", "old.key"]  # no temp left
+
+
+def test_deployment_material_paths_are_absolute(tmp_path, monkeypatch):
+    """`nebula deploy up --certs runs/pki` starts processes in other folders: a relative folder must still work."""
+    from nebula.deploy.pki import DeploymentMaterial
+
+    monkeypatch.chdir(tmp_path)
+    material = DeploymentMaterial.at("runs/pki", ["client0"])
+    assert material.root == tmp_path / "runs" / "pki"
+    assert all(p.is_absolute() for p in material.files())

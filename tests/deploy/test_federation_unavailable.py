@@ -38,8 +38,8 @@ def _node(index: int, role: str = keys.ROLE_CLIENT):
                     keys.CLIENT_ID: cid,
                     keys.CLIENT_INDEX: index,
                     keys.MODEL: "m",
-                    keys.NUM_EXAMPLES: 10,
-                    keys.LABEL_COUNTS: [3, 3, 4],
+                    keys.NUM_EXAMPLES: 0 if role == keys.ROLE_TEACHER else 10,
+                    keys.LABEL_COUNTS: [0, 0, 0] if role == keys.ROLE_TEACHER else [3, 3, 4],
                 },
             )
         if kind == keys.MSG_ROUND:

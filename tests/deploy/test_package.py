@@ -30,7 +30,8 @@ def test_manifest_records_what_the_device_needs(pruned_package, adapter_dir):
     assert manifest.model_sha256 == sha256_file(pruned_package / MODEL_FILE)
     assert manifest.vocab_map_sha256 == sha256_file(pruned_package / "vocab_map.npy")
     assert manifest.source_adapter == str(adapter_dir.resolve())
-    assert manifest.base_model.endswith("minilm-l3") and manifest.created.endswith("+00:00")
+    assert manifest.base_model == "sentence-transformers/paraphrase-MiniLM-L3-v2"  # portable: the Hub id it stands for
+    assert manifest.created.endswith("+00:00")
 
 
 def test_flipped_bytes_in_the_model_fail_before_onnxruntime_reads_it(package_copy):

@@ -37,7 +37,7 @@ slow = pytest.mark.skipif(os.environ.get("NEBULA_SLOW") != "1", reason="extracts
 def cache(tmp_path_factory) -> Path:
     """One cache with minilm-l3 and minilm-l6 built, shared read-only by the tests below."""
     root = tmp_path_factory.mktemp("cache")
-    prepare_all(cache_dir=root, progress=lambda _: None)
+    prepare_all(cache_dir=root, progress=lambda _: None, hub_cache=False)
     return root
 
 

@@ -384,3 +384,13 @@ def test_a_malformed_describe_reply_leaves_the_node_out(tmp_path, caplog, fields
     history = fed.run()
     assert [h["accepted"] for h in history] == [2, 2] and not history[-1]["rejected"]
     assert why in caplog.text and "left out" in caplog.text
+
+
+def test_a_second_teacher_and_a_taken_client_id_are_left_out_and_the_run_goes_on(tmp_path, caplog):
+    impostor = _with_describe(honest(7), {keys.CLIENT_ID: "client-0"})  # claims client-0's id
+    nodes = {1: honest(0), 2: honest(1), 3: impostor, TEACHER: teacher(), 100: teacher()}
+    fed, _ = make(tmp_path, {k: v for k, v in nodes.items()}, **{"data.num_clients": 3, "federation.min_replies": 2})
+    history = fed.run()
+    assert [h["accepted"] for h in history] == [2, 2]
+    assert "claims client id 'client-0', which node 1 holds" in caplog.text
+    assert "also claims to be the teacher (node 99 answered first)" in caplog.text

@@ -92,3 +92,18 @@ def test_bad_files_exit_2(material, tmp_path, capsys):
     ]
     assert main(serve) == 2
     assert "none.sqlite does not exist" in capsys.readouterr().err
+
+
+def test_no_server_key_exits_2_naming_the_option(material, tmp_path, capsys):
+    """Operator calls are signed for one deployment: without --server-key and no server-signing.pub next to
+    the CA, the command says which option it needs (and never calls the service)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(material.ca_cert.read_bytes())  # a CA alone in its folder
+    ops = ["--server", "127.0.0.1:1", "--ca", str(ca), "--key", str(material.operator_key)]
+    assert main(["unlearn", "list", *ops]) == 2
+    err = capsys.readouterr().err
+    assert "--server-key PATH is needed" in err and str(ca) in err
+    assert main(["unlearn", "status", "x", *ops, "--server-key", str(tmp_path / "none.pub")]) == 2
+    assert "none.pub" in capsys.readouterr().err
+    assert main(["unlearn", "list", *ops, "--server-key", str(material.signing_pub), "--timeout", "1"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err  # with a server key it got as far as the network

@@ -1,8 +1,17 @@
 """The request store: stored before acknowledged, idempotent, no replay, resumable order."""
 
+import subprocess
+import sys
+
 import pytest
 
-from nebula.server.exceptions import IdempotencyConflict, InvalidUnlearnRequest, ReplayedRequest, UnknownRequest
+from nebula.server.exceptions import (
+    IdempotencyConflict,
+    InvalidUnlearnRequest,
+    ReplayedRequest,
+    UnknownRequest,
+    UnlearningError,
+)
 from nebula.server.unlearning import available_modes
 from nebula.server.unlearning.requests import RequestStore, check_submission
 
@@ -112,3 +121,22 @@ def test_malformed_submissions_name_the_field(change, message):
     args.update(change)
     with pytest.raises(InvalidUnlearnRequest, match=message):
         check_submission(**args)
+
+
+def test_two_executors_on_one_store_carry_a_request_out_once(tmp_path):
+    """A second store on the same file (another executor) cannot claim a request a live process holds;
+    a claim whose process is gone is taken over."""
+    path = tmp_path / "ledger.sqlite"
+    first, second = RequestStore(path), RequestStore(path)
+    request = first.submit(client_id="client-1", reason="r", mode="purge", idempotency_key="k", operator_key="op")[0]
+    assert first.claim(request.request_id).status == "running"
+    assert second.claim(request.request_id) is None  # held by this (live) process
+    with pytest.raises(UnlearningError, match="held by another running executor"):
+        second.mark_running(request.request_id)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    first._db.execute("UPDATE unlearn_claims SET pid = ? WHERE request_id = ?", (int(dead.stdout), request.request_id))
+    first._db.commit()
+    taken = second.claim(request.request_id)  # the holder is gone: resumed
+    assert taken is not None and taken.attempts == 2
+    first.close()
+    second.close()
