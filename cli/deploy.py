@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from nebula.cli._args import add_command, add_required
 from nebula.deploy.pki import DEFAULT_NODES, DeploymentMaterial, add_certs_parser
 
 
@@ -18,39 +19,31 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``certs``, ``deploy`` and ``fleet-gate`` to the subparsers of the ``nebula`` command."""
     add_certs_parser(sub)
     text = "TLS proxy in front of the SuperLink that forwards the Fleet API (SuperNodes) only; 403 for the rest"
-    p = sub.add_parser(
-        "fleet-gate",
-        help=text,
-        description=text + ". The SuperLink listens on loopback; SuperNodes connect here. See deploy/fleet_gate.py.",
-    )
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where the gate listens, e.g. 0.0.0.0:9092")
-    p.add_argument(
-        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink (on loopback), e.g. 127.0.0.1:9093"
-    )
-    p.add_argument(
-        "--certs",
-        required=True,
-        metavar="DIR",
-        help="folder written by `nebula certs`: server.pem / server.key (the gate's TLS), ca.pem (verifies the "
-        "SuperLink, whose certificate must name the --superlink host)",
+    more = ". The SuperLink listens on loopback; SuperNodes connect here. See deploy/fleet_gate.py."
+    p = add_command(sub, "fleet-gate", text, _fleet_gate, more=more)
+    add_required(
+        p,
+        ("--listen", "HOST:PORT", "where the gate listens, e.g. 0.0.0.0:9092"),
+        ("--superlink", "HOST:PORT", "the SuperLink (on loopback), e.g. 127.0.0.1:9093"),
+        (
+            "--certs",
+            "DIR",
+            "folder written by `nebula certs`: server.pem / server.key (the gate's TLS), ca.pem (verifies the "
+            "SuperLink, whose certificate must name the --superlink host)",
+        ),
     )
     p.add_argument(
         "--max-body-mib", type=float, default=64.0, help="largest request body forwarded, MiB (default 64; 413 above)"
     )
-    p.set_defaults(func=_fleet_gate)
 
     text = "run a federation on this host over Flower's deployment engine (TLS, SuperNode authentication)"
     deploy = sub.add_parser("deploy", help=text, description=text)
     steps = deploy.add_subparsers(dest="deploy_command", required=True)
 
     text = "start a SuperLink, register and start the teacher and client SuperNodes, submit the run"
-    p = steps.add_parser(
-        "up", help=text, description=text + ". Processes keep running until `nebula deploy down` unless --wait."
-    )
+    p = add_command(steps, "up", text, _up, more=". Processes keep running until `nebula deploy down` unless --wait.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of this deployment: logs, state, FLWR_HOME, output")
-    p.add_argument(
-        "--certs", required=True, metavar="DIR", help="folder written by `nebula certs` (with a key per node)"
-    )
+    add_required(p, ("--certs", "DIR", "folder written by `nebula certs` (with a key per node)"))
     p.add_argument(
         "--teacher", default=DEFAULT_NODES[0], help=f"name of the teacher SuperNode (default {DEFAULT_NODES[0]})"
     )
@@ -67,14 +60,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         help="client NAME trains on its own labelled CSV / JSON-lines file or folder PATH instead of its "
         "partition of data.dataset (repeatable; only that node's config names PATH)",
     )
-    p.add_argument(
-        "--text-field", default="", help="with --data: text column of the files (default: the run's data.text_field)"
-    )
-    p.add_argument(
-        "--label-field",
-        default="",
-        help="with --data: label column of the files (default: the run's data.label_field)",
-    )
+    for column in ("text", "label"):
+        p.add_argument(
+            f"--{column}-field",
+            default="",
+            help=f"with --data: {column} column of the files (default: the run's data.{column}_field)",
+        )
     p.add_argument("--preset", default="quick", help="run config preset (default quick)")
     p.add_argument(
         "--set",
@@ -112,12 +103,9 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=3600.0, help="with --wait: seconds to wait for the run (default 3600)"
     )
-    p.set_defaults(func=_up)
 
     text = "stop every process `nebula deploy up` started in RUN_DIR (by process id, SIGTERM then SIGKILL)"
-    p = steps.add_parser("down", help=text, description=text)
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.set_defaults(func=_down)
+    add_command(steps, "down", text, _down).add_argument("run_dir", metavar="RUN_DIR")
 
 
 def _client_data(items: list[str], clients: list[str]) -> dict[str, Path]:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from nebula.cli._args import add_command
 from nebula.cli._output import pct, quiet_libraries
 from nebula.common.config import ConfigError, add_arguments, overrides_from_args
 from nebula.common.metrics import majority_rate, one_class
@@ -129,18 +130,9 @@ def _export(args: argparse.Namespace) -> int:
     from nebula.deploy.export.export import ExportConfig, export_adapter
 
     labels = tuple(x.strip() for x in args.labels.split(",")) if args.labels else None
-    config = ExportConfig(
-        adapter_dir=args.adapter_dir,
-        out=args.out,
-        target=args.target,
-        base=args.base,
-        max_length=args.max_length,
-        prune_vocab_from=args.prune_vocab_from,
-        labels=labels,
-        dataset=args.dataset,
-        test_size=args.test_size,
-        seed=args.seed,
-    )
+    split = dict(dataset=args.dataset, test_size=args.test_size, seed=args.seed)  # the export's and its report's
+    same_name = ("adapter_dir", "out", "target", "base", "max_length", "prune_vocab_from")  # options = config fields
+    config = ExportConfig(**{name: getattr(args, name) for name in same_name}, labels=labels, **split)
     try:
         if args.report and not args.dataset:
             raise ExportError("--report needs --dataset (whose test split is measured)")
@@ -157,13 +149,7 @@ def _export(args: argparse.Namespace) -> int:
             from nebula.deploy.export.report import build_report, format_markdown, write_report
 
             report = build_report(
-                args.out,
-                dataset=args.dataset,
-                test_size=args.test_size,
-                seed=args.seed,
-                teacher_adapters=args.teacher,
-                threads=args.threads,
-                repeats=args.repeats,
+                args.out, **split, teacher_adapters=args.teacher, threads=args.threads, repeats=args.repeats
             )
             md, js = write_report(report, args.out)
             print("\n" + format_markdown(report) + f"\n\nreport: {md}, {js}")
@@ -288,7 +274,7 @@ def _add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
             "the benchmark federation (10 clients) with all baselines",
         ),
     ):
-        p = sub.add_parser(name, help=text, description=text)
+        p = add_command(sub, name, text, _simulate)
         p.add_argument(
             "--preset", default=preset, choices=sorted(PRESETS), help=f"starting configuration (default {preset})"
         )
@@ -296,7 +282,6 @@ def _add_simulate_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
         add_arguments(p)
         _show_preset_defaults(p, preset)
-        p.set_defaults(func=_simulate)
 
 
 def _show_preset_defaults(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -319,7 +304,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     from nebula.deploy.export.onnx_export import TARGETS  # numpy only; torch loads in the command
 
     text = "export an adapter as an ONNX package for edge devices (merged, quantised, optionally vocabulary-pruned)"
-    p = sub.add_parser("export", help=text, description=text)
+    p = add_command(sub, "export", text, _export)
     p.add_argument(
         "adapter_dir", help="adapter folder, e.g. runs/latest/models/global-student or runs/latest/clients/<id>/adapter"
     )
@@ -365,13 +350,12 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repeats", type=int, default=20, help="timed runs per latency figure, after 3 warm-up runs (default 20)"
     )
-    p.set_defaults(func=_export)
 
 
 def _add_teach_parser(sub: argparse._SubParsersAction) -> None:
     """``nebula teach``."""
     text = "train a teacher of another base model (e.g. mpnet) on a finished run's consensus, offline"
-    p = sub.add_parser("teach", help=text, description=text)
+    p = add_command(sub, "teach", text, _teach)
     p.add_argument("run_dir", help="folder of a finished run (holds ledger.sqlite), e.g. runs/benchmark")
     p.add_argument(
         "--teacher", default="mpnet", help="base model: minilm-l6, mpnet, an HF id or a folder (default mpnet)"
@@ -379,28 +363,25 @@ def _add_teach_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="adapter folder to write (PeftModel.from_pretrained loads it)")
     p.add_argument("--epochs", type=int, default=2, help="passes over every gathered consensus target (default 2)")
     p.add_argument("--progress-every", type=int, default=20, help="print a progress line every n steps (default 20)")
-    p.set_defaults(func=_teach)
 
 
 def _add_worker_parser(sub: argparse._SubParsersAction) -> None:
     """``nebula worker``."""
     text = "run a node's long-lived local worker: its ClientApp forwards every message here (node config worker-socket)"
-    p = sub.add_parser("worker", help=text, description=text)
+    p = add_command(sub, "worker", text, _worker)
     p.add_argument(
         "--socket", required=True, help="Unix socket path (the node config's worker-socket); a key file goes beside it"
     )
-    p.set_defaults(func=_worker)
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     """``nebula predict``."""
     text = "classify texts with an export package (onnxruntime only): label and class probabilities per line"
-    p = sub.add_parser("predict", help=text, description=text)
+    p = add_command(sub, "predict", text, _predict)
     p.add_argument("export_dir", help="folder written by `nebula export`")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", default=None, help="also classify each non-empty line of this file ('-' reads stdin)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.set_defaults(func=_predict)
 
 
 def main(argv: list[str] | None = None) -> int:

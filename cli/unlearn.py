@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from nebula.cli._args import add_command, add_required
+
 SUBCOMMANDS = ("submit", "status", "list", "verify", "serve", "benchmark")
 REFUSED = ("INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED")
 
@@ -49,9 +51,8 @@ def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
     cmds = group.add_subparsers(
         dest="unlearn_command", required=True, metavar="{CLIENT,submit,status,list,verify,serve,benchmark}"
     )
-    _add_submit_parser(cmds)
-    _add_status_parser(cmds)
-    _add_list_parser(cmds)
+    for add_operator_command in (_add_submit_parser, _add_status_parser, _add_list_parser):
+        _operator_args(add_operator_command(cmds))  # after the command's own options
     _add_verify_parser(cmds)
     _add_serve_parser(cmds)
     _add_benchmark_parser(cmds)
@@ -59,15 +60,11 @@ def add_unlearn_parser(sub: argparse._SubParsersAction) -> None:
 
 def _operator_args(p: argparse.ArgumentParser) -> None:
     """The options every command that calls the service takes."""
-    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the unlearning service")
-    p.add_argument(
-        "--ca", required=True, metavar="CA.pem", help="CA certificate that issued the service's TLS certificate"
-    )
-    p.add_argument(
-        "--key",
-        required=True,
-        metavar="OPERATOR.key",
-        help="your Ed25519 private key (PEM); the service must trust its public key",
+    add_required(
+        p,
+        ("--server", "HOST:PORT", "address of the unlearning service"),
+        ("--ca", "CA.pem", "CA certificate that issued the service's TLS certificate"),
+        ("--key", "OPERATOR.key", "your Ed25519 private key (PEM); the service must trust its public key"),
     )
     p.add_argument(
         "--server-key",
@@ -80,13 +77,13 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
 
 
-def _add_submit_parser(cmds: argparse._SubParsersAction) -> None:
-    """``nebula unlearn submit``."""
+def _add_submit_parser(cmds: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``nebula unlearn submit`` (less the operator options)."""
     from nebula.server.unlearning import available_modes
     from nebula.server.unlearning.registry import mode_summaries
 
     text = "submit an unlearn request (stored durably before it is acknowledged; idempotent per --request-key)"
-    p = cmds.add_parser("submit", help=text, description=text)
+    p = add_command(cmds, "submit", text, _submit)
     p.add_argument("client", metavar="CLIENT", help="id of the client to forget (as in the ledger, e.g. client-3)")
     p.add_argument("--reason", required=True, help="why (kept in the request and the certificate)")
     modes = "; ".join(f"{name}: {text}" for name, text in mode_summaries().items())
@@ -101,65 +98,53 @@ def _add_submit_parser(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="poll until the request is done or failed")
     p.add_argument("--wait-timeout", type=float, default=300.0, help="seconds --wait polls at most (default 300)")
     p.add_argument("--out", default=None, metavar="CERT.json", help="with --wait: write the signed certificate here")
-    _operator_args(p)
-    p.set_defaults(func=_submit)
+    return p
 
 
-def _add_status_parser(cmds: argparse._SubParsersAction) -> None:
-    """``nebula unlearn status``."""
+def _add_status_parser(cmds: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``nebula unlearn status`` (less the operator options)."""
     text = "show one request: status, error, attempts; --out writes its certificate once done"
-    p = cmds.add_parser("status", help=text, description=text)
+    p = add_command(cmds, "status", text, _status)
     p.add_argument("request_id", metavar="ID")
     p.add_argument(
         "--out", default=None, metavar="CERT.json", help="write the signed certificate here (request must be done)"
     )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
-    _operator_args(p)
-    p.set_defaults(func=_status)
+    return p
 
 
-def _add_list_parser(cmds: argparse._SubParsersAction) -> None:
-    """``nebula unlearn list``."""
+def _add_list_parser(cmds: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``nebula unlearn list`` (less the operator options)."""
     from nebula.server.unlearning.requests import STATUSES
 
-    text = "list requests, newest first"
-    p = cmds.add_parser("list", help=text, description=text)
+    p = add_command(cmds, "list", "list requests, newest first", _list)
     p.add_argument("--status", default="", choices=("",) + STATUSES, help="only requests with this status")
     p.add_argument("--limit", type=int, default=100, help="at most this many (1 to 1000, default 100)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
-    _operator_args(p)
-    p.set_defaults(func=_list)
+    return p
 
 
 def _add_verify_parser(cmds: argparse._SubParsersAction) -> None:
     """``nebula unlearn verify``."""
     text = "check a certificate's signature against the server's public key (no network needed)"
-    p = cmds.add_parser("verify", help=text, description=text)
+    p = add_command(cmds, "verify", text, _verify)
     p.add_argument("certificate", metavar="CERT", help="certificate JSON file")
-    p.add_argument("--server-key", required=True, metavar="PUB.pem", help="the server's Ed25519 public key (PEM)")
-    p.set_defaults(func=_verify)
+    add_required(p, ("--server-key", "PUB.pem", "the server's Ed25519 public key (PEM)"))
 
 
 def _add_serve_parser(cmds: argparse._SubParsersAction) -> None:
     """``nebula unlearn serve``."""
     text = "run the unlearning service on a ledger; it carries out requests at once (no live run)"
-    p = cmds.add_parser(
-        "serve", help=text, description=text + ". Stop with Ctrl-C; unfinished requests resume at the next start."
-    )
+    more = ". Stop with Ctrl-C; unfinished requests resume at the next start."
+    p = add_command(cmds, "serve", text, _serve, more=more)
     p.add_argument("--ledger", required=True, help="the federation's ledger.sqlite")
-    p.add_argument(
-        "--operators",
-        required=True,
-        metavar="DIR",
-        help="trusted operators' Ed25519 public keys: folder of *.pem/*.pub, or one file",
+    add_required(
+        p,
+        ("--operators", "DIR", "trusted operators' Ed25519 public keys: folder of *.pem/*.pub, or one file"),
+        ("--signing-key", "KEY", "the server's Ed25519 private key (PEM): signs certificates"),
+        ("--tls-cert", "PEM", "the service's TLS certificate, issued by the operators' CA"),
+        ("--tls-key", "KEY", "its private key"),
     )
-    p.add_argument(
-        "--signing-key", required=True, metavar="KEY", help="the server's Ed25519 private key (PEM): signs certificates"
-    )
-    p.add_argument(
-        "--tls-cert", required=True, metavar="PEM", help="the service's TLS certificate, issued by the operators' CA"
-    )
-    p.add_argument("--tls-key", required=True, metavar="KEY", help="its private key")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50061, help="port (default 50061; 0: any free port, printed at start)")
     p.add_argument("--store", default=None, help="request store (default: tables in the ledger file)")
@@ -172,7 +157,6 @@ def _add_serve_parser(cmds: argparse._SubParsersAction) -> None:
         default=300.0,
         help="seconds a signed call's timestamp may differ from this clock (default 300)",
     )
-    p.set_defaults(func=_serve)
 
 
 def _add_benchmark_parser(cmds: argparse._SubParsersAction) -> None:
@@ -186,9 +170,7 @@ def _add_benchmark_parser(cmds: argparse._SubParsersAction) -> None:
         "table (accuracy on the forgotten client's data, the others' data and the test set, membership-inference AUC, "
         "seconds against retraining)"
     )
-    p = cmds.add_parser(
-        "benchmark", help=text, description=text + ". Writes OUT/unlearning.md and OUT/unlearning.json."
-    )
+    p = add_command(cmds, "benchmark", text, _benchmark, more=". Writes OUT/unlearning.md and OUT/unlearning.json.")
     p.add_argument(
         "--preset",
         default="benchmark",
@@ -227,7 +209,6 @@ def _add_benchmark_parser(cmds: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=None, help="parallel simulation workers (default: CPU cores)")
     add_arguments(p)  # any configuration field over the preset, as `nebula simulate` takes them
-    p.set_defaults(func=_benchmark)
 
 
 # -- operator commands -------------------------------------------------------------------------

@@ -110,33 +110,49 @@ class EdgeClient:
         self.shift = self._prior_shift(class_counts)
         if start_from is not None:
             load_trainable_state(self.learner.model, start_from)
-        tok, model, max_len = self.learner.tokenizer, self.learner.model, cfg.data.max_length
         seed = cfg.data.seed * 1000 + round_index * 10 + self.index
         metrics: dict[str, float] = {}
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in self.learner.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr)
         common = dict(
             lr=cfg.train.lr, batch_size=cfg.train.batch_size, micro_batch_size=cfg.train.micro_batch_size, optimizer=opt
         )
         if targets is not None:  # (1) digest the refined targets on last round's public inputs
-            decoded = decode_logits(targets, num_classes=self.data.num_classes)
-            self._check_ids(decoded.ids)
-            probs = softmax(decoded.logits, temperature=cfg.train.temperature)
-            enc = encode(tok, self.data.public_texts(decoded.ids), max_length=max_len)
-            res = fit(
-                model,
-                enc,
-                targets=probs,
-                epochs=cfg.train.digest_epochs,
-                temperature=cfg.train.temperature,
-                seed=seed,
-                **common,
-            )
-            metrics["digest_loss"] = res.mean_loss
-        # (2) revisit private data; from round 2 on, also distill from the round-start model's own
-        # predictions on these inputs (alpha), so fitting skewed local labels does not erase
-        # what was downloaded and digested (FedNTD, Lee et al. 2022; FedLSD). Nothing extra is sent.
-        enc = encode(tok, self.private.texts(self.split.train), max_length=max_len)
+            metrics["digest_loss"] = self._digest(targets, seed=seed, common=common)
+        # (2) revisit private data, (3) answer soft logits on this round's public inputs
+        metrics["train_loss"] = self._revisit(round_index, seed=seed + 1, common=common)
+        blob = self._answer(query_ids)
+        if evaluate:
+            metrics.update(self.evaluate())
+        self.context.state[STATE_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.learner.model))
+        metrics["seconds"] = time.perf_counter() - t0
+        return RoundOutput(blob, metrics)
+
+    def _digest(self, targets: bytes, *, seed: int, common: dict) -> float:
+        """The round's step (1): fit the refined targets on last round's public inputs; the mean loss."""
+        cfg, tok, model = self.config, self.learner.tokenizer, self.learner.model
+        decoded = decode_logits(targets, num_classes=self.data.num_classes)
+        self._check_ids(decoded.ids)
+        probs = softmax(decoded.logits, temperature=cfg.train.temperature)
+        enc = encode(tok, self.data.public_texts(decoded.ids), max_length=cfg.data.max_length)
+        res = fit(
+            model,
+            enc,
+            targets=probs,
+            epochs=cfg.train.digest_epochs,
+            temperature=cfg.train.temperature,
+            seed=seed,
+            **common,
+        )
+        return res.mean_loss
+
+    def _revisit(self, round_index: int, *, seed: int, common: dict) -> float:
+        """The round's step (2): revisit the private training split; the mean loss."""
+        # From round 2 on, also distill from the round-start model's own predictions on these inputs
+        # (alpha), so fitting skewed local labels does not erase what was downloaded and digested
+        # (FedNTD, Lee et al. 2022; FedLSD). Nothing extra is sent.
+        cfg, tok, model = self.config, self.learner.tokenizer, self.learner.model
+        enc = encode(tok, self.private.texts(self.split.train), max_length=cfg.data.max_length)
         keep = None
         if round_index > 1 and cfg.train.alpha > 0:
             keep = softmax(predict_logits(model, enc), temperature=cfg.train.temperature)  # (n_train, C)
@@ -149,19 +165,17 @@ class EdgeClient:
             logit_shift=self.shift,
             temperature=cfg.train.temperature,
             epochs=cfg.train.local_epochs,
-            seed=seed + 1,
+            seed=seed,
             **common,
         )
-        metrics["train_loss"] = res.mean_loss
-        # (3) answer soft logits on this round's public inputs
+        return res.mean_loss
+
+    def _answer(self, query_ids: np.ndarray) -> bytes:
+        """The round's step (3): the wire blob of soft logits on this round's public inputs."""
+        cfg, tok, model = self.config, self.learner.tokenizer, self.learner.model
         self._check_ids(query_ids)
-        logits = predict_logits(model, encode(tok, self.data.public_texts(query_ids), max_length=max_len))
-        blob = encode_logits(query_ids, logits, dtype=cfg.federation.wire_dtype)
-        if evaluate:
-            metrics.update(self.evaluate())
-        self.context.state[STATE_KEY] = ArrayRecord(torch_state_dict=trainable_state(model))
-        metrics["seconds"] = time.perf_counter() - t0
-        return RoundOutput(blob, metrics)
+        logits = predict_logits(model, encode(tok, self.data.public_texts(query_ids), max_length=cfg.data.max_length))
+        return encode_logits(query_ids, logits, dtype=cfg.federation.wire_dtype)
 
     def _prior_shift(self, class_counts: np.ndarray | None) -> np.ndarray | None:
         if not self.config.train.logit_adjust or class_counts is None:

@@ -60,11 +60,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     student: str = _opt("minilm-l3", "edge student base model: builtin name, HF id or local folder")
-    student_overrides: str = _opt("", "per-client base models, e.g. '1:minilm-l6,3:/models/x' (client index:model)")
     teacher: str = _opt("minilm-l6", "teacher base model: minilm-l6, mpnet, an HF id or a folder")
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA scaling alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
+    student_overrides: str = _opt("", "per-client base models, e.g. '1:minilm-l6,3:/models/x' (client index:model)")
     cache_dir: str = _opt("", "folder of materialised builtin models (empty = $NEBULA_CACHE or ~/.cache/nebula)")
 
     def validate(self) -> None:

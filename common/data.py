@@ -320,14 +320,7 @@ def load_labelled_files(
             for line_no, text, key in _checked_rows(
                 reader(file, text_field, label_field), file, text_field, label_field
             ):
-                label = ids.get(key)
-                if label is None and by_value and _INT.fullmatch(key):
-                    label = by_value.get(int(key))
-                if label is None:
-                    raise DatasetError(
-                        f"{file}:{line_no}: label {key!r} in {label_field!r} is not one of the federation's labels "
-                        f"{list(names)}"
-                    )
+                label = _label_id(key, names, ids, by_value, where=f"{file}:{line_no}", label_field=label_field)
                 texts.append(text)
                 labels.append(label)
         except UnicodeDecodeError as err:
@@ -338,3 +331,17 @@ def load_labelled_files(
             )
     name = Path(path).expanduser().name
     return TextDataset(texts, np.asarray(labels, dtype=np.int64), names, name)
+
+
+def _label_id(
+    key: str, names: tuple[str, ...], ids: dict[str, int], by_value: dict[int, int], *, where: str, label_field: str
+) -> int:
+    """A file's label ``key`` as a federation label id: by exact name, else by integer value (DatasetError if none)."""
+    label = ids.get(key)
+    if label is None and by_value and _INT.fullmatch(key):
+        label = by_value.get(int(key))
+    if label is None:
+        raise DatasetError(
+            f"{where}: label {key!r} in {label_field!r} is not one of the federation's labels {list(names)}"
+        )
+    return label

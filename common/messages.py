@@ -67,11 +67,14 @@ class _Fields:
             raise MessageError(self.kind, key, f"is {value}, below {minimum}")
         return value
 
-    def str(self, key: str, *, optional: bool = False) -> str | None:
+    def _typed(self, key: str, kind: type, what: str, *, optional: bool) -> Any:
         value = self._get(key, optional=optional)
-        if value is not None and not isinstance(value, str):
-            raise MessageError(self.kind, key, f"is {type(value).__name__}, not a string")
+        if value is not None and not isinstance(value, kind):
+            raise MessageError(self.kind, key, f"is {type(value).__name__}, not {what}")
         return value
+
+    def str(self, key: str, *, optional: bool = False) -> str | None:
+        return self._typed(key, str, "a string", optional=optional)
 
     def bool(self, key: str, *, default: bool) -> bool:
         value = self._get(key, optional=True)
@@ -82,9 +85,7 @@ class _Fields:
         return value
 
     def bytes(self, key: str, *, optional: bool = False) -> bytes | None:
-        value = self._get(key, optional=optional)
-        if value is not None and not isinstance(value, bytes):
-            raise MessageError(self.kind, key, f"is {type(value).__name__}, not bytes")
+        value = self._typed(key, bytes, "bytes", optional=optional)
         return value or None if optional else value
 
     def ints(self, key: str, *, minimum: int | None = None, optional: bool = False) -> np.ndarray | None:
@@ -245,7 +246,9 @@ class RoundRequest:
 
 @dataclass(frozen=True)
 class TeachRequest:
-    """Server -> teacher: the round's consensus (wire-format log-probabilities, see common.probabilities)."""
+    """Server -> teacher: the round's consensus (wire-format log-probabilities, see common.probabilities).
+
+    The teacher trains on it, checkpoints and answers a :class:`TeachReply`."""
 
     TYPE: ClassVar[str] = keys.MSG_TEACH
     envelope: Envelope
@@ -367,7 +370,9 @@ def _check_holdings(role: str, num_examples: int, counts: tuple[int, ...]) -> No
 
 @dataclass(frozen=True)
 class RoundReply:
-    """An edge client's answer to :class:`RoundRequest`: its logits (wire format) and metrics."""
+    """An edge client's answer to :class:`RoundRequest`: its logits (wire format) and metrics.
+
+    The server decodes the logits against the ids and classes it asked for (server/replies.py)."""
 
     TYPE: ClassVar[str] = keys.MSG_ROUND
     client_id: str

@@ -54,6 +54,16 @@ def certificate_file(certificates: Path, request_id: str) -> Path:
     return Path(certificates) / f"{request_id}.json"
 
 
+class _Under:
+    """A read-only path attribute of :class:`RunFolder`: ``relative`` under its root (a property in one line)."""
+
+    def __init__(self, relative: str) -> None:
+        self.relative = relative
+
+    def __get__(self, folder: RunFolder | None, owner: type | None = None) -> Any:
+        return self if folder is None else folder.root / self.relative
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The paths of the run folder at ``root``."""
@@ -63,29 +73,12 @@ class RunFolder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def results_md(self) -> Path:
-        return self.root / "results.md"
-
-    @property
-    def results_json(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "accuracy_bytes.png"
-
-    @property
-    def certificates(self) -> Path:
-        return self.root / "certificates"
+    ledger = _Under("ledger.sqlite")
+    metrics = _Under("metrics.jsonl")
+    results_md = _Under("results.md")
+    results_json = _Under("results.json")
+    plot = _Under("accuracy_bytes.png")
+    certificates = _Under("certificates")
 
     def certificate(self, request_id: str) -> Path:
         """``certificates/<request id>.json``."""
@@ -105,9 +98,7 @@ class RunFolder:
         """The global student's adapter: ``models/global-student``."""
         return adapter_dirs(self.models)[1]
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    checkpoints = _Under("checkpoints")
 
     def checkpoint(self, round_index: int) -> Path:
         """The teacher node's states after round ``round_index``: ``checkpoints/round-NNN``."""
@@ -122,16 +113,12 @@ class RunFolder:
         )
         return sorted(int(n.removeprefix(_ROUND_PREFIX)) for n in found if n.removeprefix(_ROUND_PREFIX).isdigit())
 
-    @property
-    def clients(self) -> Path:
-        return self.root / "clients"
+    clients = _Under("clients")
 
     def client_adapter(self, client_id: str) -> Path:
         return self.clients / client_id / "adapter"
 
-    @property
-    def unlearning(self) -> Path:
-        return self.root / "unlearning"
+    unlearning = _Under("unlearning")
 
     @property
     def current_pointer(self) -> Path:

@@ -144,14 +144,9 @@ def fleet_gate_app(
         if not is_fleet_path(path, request.scope.get("raw_path")):
             log.warning("refused %s %s from %s", request.method, path[:200], peer)
             return PlainTextResponse(REFUSED, status_code=403)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body:
+        body = await _read_body(request, max_body)
+        if body is None:
             return PlainTextResponse(f"413: body over {max_body} bytes\n", status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > max_body:
-                return PlainTextResponse(f"413: body over {max_body} bytes\n", status_code=413)
         query = request.scope.get("query_string", b"")
         url = f"{base}{path}" + (f"?{query.decode('latin-1')}" if query else "")
         client = state["client"]
@@ -175,6 +170,19 @@ def fleet_gate_app(
         return response
 
     return Starlette(routes=[Route("/{path:path}", gate, methods=METHODS)], lifespan=lifespan)
+
+
+async def _read_body(request: Request, max_body: int) -> bytearray | None:
+    """The request's body, or None as soon as it (declared or streamed) is over ``max_body`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > max_body:
+            return None
+    return body
 
 
 def split_address(text: str) -> tuple[str, int]:

@@ -250,18 +250,9 @@ def save_adapter(
     peft_config = model.peft_config[model.active_adapter]
     local = str(peft_config.base_model_name_or_path or "")
     base_id = portable_base_id(learner.name)
-    path = folder / "adapter_config.json"
-    adapter_config = json.loads(path.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = base_id
-    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _point_at_base(folder / "adapter_config.json", base_id)
     head = head_config(label_names, int(model.base_model.model.config.num_labels))
-    base: dict[str, object] = {"id": base_id, "name": learner.name}
-    if learner.name in BUILTIN_MODELS:
-        manifest = Path(local) / MANIFEST
-        base.update(builtin=learner.name, local_folder=local)
-        if manifest.is_file():
-            digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
-            base.update(manifest_sha256=digest, hub_revision=digest[:40])
+    base = _base_record(learner.name, base_id, local)
     meta = {"format": _META_FORMAT, "base": base, "head": head, "role": role}
     if config is not None:
         meta["dataset"] = _dataset_name(config.data.dataset)
@@ -272,6 +263,25 @@ def save_adapter(
     return folder
 
 
+def _point_at_base(path: Path, base_id: str) -> None:
+    """Rewrite PEFT's ``adapter_config.json`` at ``path`` so its ``base_model_name_or_path`` is ``base_id``."""
+    adapter_config = json.loads(path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = base_id
+    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _base_record(name: str, base_id: str, local: str) -> dict[str, object]:
+    """The adapter's base model as ``nebula.json`` records it: id, name and, for a builtin, its local build."""
+    base: dict[str, object] = {"id": base_id, "name": name}
+    if name in BUILTIN_MODELS:
+        manifest = Path(local) / MANIFEST
+        base.update(builtin=name, local_folder=local)
+        if manifest.is_file():
+            digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+            base.update(manifest_sha256=digest, hub_revision=digest[:40])
+    return base
+
+
 def _dataset_name(dataset: str) -> str:
     """A builtin dataset's name; a user file's name only (its local path stays on the machine)."""
     return dataset if "/" not in dataset and "\\" not in dataset else Path(dataset).name
@@ -280,29 +290,14 @@ def _dataset_name(dataset: str) -> str:
 def _model_card(learner, peft_config, base: dict, head: dict, *, config, role, metrics, note):
     from huggingface_hub import ModelCard, ModelCardData
 
-    base_id, names = base["id"], list(head["id2label"].values())
+    base_id = base["id"]
     data = ModelCardData(
         base_model=base_id if "builtin" in base or not Path(base_id).expanduser().exists() else None,
         library_name="peft",
         pipeline_tag="text-classification",
         tags=["lora", "text-classification", "federated-learning", "knowledge-distillation", "nebula"],
     )
-    targets = sorted(peft_config.target_modules or [])
-    rows = [
-        ("base model", f"`{base_id}`"),
-        (
-            "task",
-            f"text classification, {head['num_labels']} labels: "
-            + ", ".join(f"{i} `{n}`" for i, n in enumerate(names)),
-        ),
-        ("adapter", f"LoRA r={peft_config.r}, alpha={peft_config.lora_alpha} on {', '.join(targets)}; trained head"),
-    ]
-    if config is not None:
-        fed, data_cfg = config.federation, config.data
-        rows.append(("dataset", f"`{_dataset_name(data_cfg.dataset)}`"))
-        rows.append(
-            ("federation", f"{data_cfg.num_clients} clients, {fed.rounds} rounds, aggregation `{fed.aggregation}`")
-        )
+    rows = _card_rows(peft_config, base_id, head, config)
     lines = [
         f"# {_TITLES.get(role, role.capitalize())}: LoRA adapter of {base_id}",
         "",
@@ -348,6 +343,28 @@ def _model_card(learner, peft_config, base: dict, head: dict, *, config, role, m
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _card_rows(peft_config, base_id: str, head: dict, config: NebulaConfig | None) -> list[tuple[str, str]]:
+    """The card's summary table: base model, task, adapter and, with a ``config``, dataset and federation."""
+    names = list(head["id2label"].values())
+    targets = sorted(peft_config.target_modules or [])
+    rows = [
+        ("base model", f"`{base_id}`"),
+        (
+            "task",
+            f"text classification, {head['num_labels']} labels: "
+            + ", ".join(f"{i} `{n}`" for i, n in enumerate(names)),
+        ),
+        ("adapter", f"LoRA r={peft_config.r}, alpha={peft_config.lora_alpha} on {', '.join(targets)}; trained head"),
+    ]
+    if config is not None:
+        fed, data_cfg = config.federation, config.data
+        rows.append(("dataset", f"`{_dataset_name(data_cfg.dataset)}`"))
+        rows.append(
+            ("federation", f"{data_cfg.num_clients} clients, {fed.rounds} rounds, aggregation `{fed.aggregation}`")
+        )
+    return rows
 
 
 def learner_for(config: NebulaConfig, model_name: str, num_classes: int) -> Learner:

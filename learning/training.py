@@ -114,8 +114,7 @@ def fit(
     if n == 0 or epochs == 0:
         return FitResult(0, float("nan"), 0)
     _check_lengths(n, labels=labels, targets=targets)
-    alpha = 0.0 if targets is None else 1.0 if labels is None else alpha
-    shift = None if logit_shift is None else torch.as_tensor(np.asarray(logit_shift), dtype=torch.float32)  # (C,)
+    loss = _loss_settings(labels, targets, temperature=temperature, alpha=alpha, logit_shift=logit_shift)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.AdamW(params, lr=lr)
     rng = np.random.default_rng(seed)
@@ -125,19 +124,8 @@ def fit(
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
-            batch_loss = _optimizer_step(
-                model,
-                opt,
-                data,
-                order[start : start + batch_size],
-                pad=pad,
-                micro_batch_size=micro_batch_size,
-                labels=labels,
-                targets=targets,
-                shift=shift,
-                temperature=temperature,
-                alpha=alpha,
-            )
+            batch = order[start : start + batch_size]
+            batch_loss = _optimizer_step(model, opt, data, batch, pad=pad, micro_batch_size=micro_batch_size, **loss)
             steps += 1
             losses.append(batch_loss)
             if on_step is not None:
@@ -150,6 +138,24 @@ def _check_lengths(n: int, *, labels: np.ndarray | None, targets: np.ndarray | N
     for name, arr in (("labels", labels), ("targets", targets)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} rows for {n} inputs")
+
+
+def _loss_settings(
+    labels: np.ndarray | None,
+    targets: np.ndarray | None,
+    *,
+    temperature: float,
+    alpha: float,
+    logit_shift: np.ndarray | None,
+) -> dict:
+    """The loss's settings for :func:`_optimizer_step`: its terms, the KL weight ``alpha`` and the logit shift."""
+    return {
+        "labels": labels,
+        "targets": targets,
+        "alpha": 0.0 if targets is None else 1.0 if labels is None else alpha,
+        "shift": None if logit_shift is None else torch.as_tensor(np.asarray(logit_shift), dtype=torch.float32),  # (C,)
+        "temperature": temperature,
+    }
 
 
 def _optimizer_step(

@@ -372,13 +372,15 @@ class Ledger:
             db.execute("INSERT OR IGNORE INTO forgotten_clients VALUES (?, ?, ?)", (client_id, request_id, now))
         return len(rows)
 
-    def tombstones(self, request_id: str) -> list[Tombstone]:
-        rows = self._db.execute(
-            "SELECT request_id, run_id, round, client_id, payload_sha256, payload_bytes, weight FROM tombstones"
-            " WHERE request_id = ? ORDER BY run_id, round",
-            (request_id,),
+    def _request_rows(self, table: str, columns: str, request_id: str) -> list[tuple]:
+        """``columns`` of the rows of ``table`` that request ``request_id`` wrote, by run and round."""
+        return self._db.execute(
+            f"SELECT {columns} FROM {table} WHERE request_id = ? ORDER BY run_id, round", (request_id,)
         ).fetchall()
-        return [Tombstone(*row) for row in rows]
+
+    def tombstones(self, request_id: str) -> list[Tombstone]:
+        columns = "request_id, run_id, round, client_id, payload_sha256, payload_bytes, weight"
+        return [Tombstone(*row) for row in self._request_rows("tombstones", columns, request_id)]
 
     def revise_consensus(
         self, revision: ConsensusRevision, *, consensus_ids: np.ndarray | None, consensus: np.ndarray | None
@@ -426,11 +428,10 @@ class Ledger:
         return True
 
     def consensus_revisions(self, request_id: str) -> list[ConsensusRevision]:
-        rows = self._db.execute(
-            "SELECT request_id, run_id, round, before_sha256, after_sha256, contributors_before, contributors_after,"
-            " support FROM consensus_revisions WHERE request_id = ? ORDER BY run_id, round",
-            (request_id,),
-        ).fetchall()
+        columns = (
+            "request_id, run_id, round, before_sha256, after_sha256, contributors_before, contributors_after, support"
+        )
+        rows = self._request_rows("consensus_revisions", columns, request_id)
         return [ConsensusRevision(*row[:5], json.loads(row[5]), json.loads(row[6]), row[7]) for row in rows]
 
     def is_forgotten(self, client_id: str) -> bool:

@@ -174,6 +174,26 @@ def save_plot(
 
     rounds = [h["round"] for h in history]
     fig, (ax_acc, ax_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {b.name: f"C{3 + i}" for i, b in enumerate(baselines)}  # C0-C2: the federation's lines
+    _accuracy_lines(ax_acc, history, baselines, colors, majority)
+    for ax in (ax_acc, ax_bytes):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.set(xlabel="round", ylabel="accuracy on the global test set (%)", title="Accuracy", ylim=(0, 100))
+    ax_acc.legend(fontsize=8)
+    _bytes_panel(ax_bytes, history, baselines, colors, rounds)
+    if config is not None:
+        fig.suptitle(plot_title(config))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def _accuracy_lines(
+    ax, history: list[dict], baselines: list[BaselineResult], colors: dict, majority: float | None
+) -> None:
+    """The accuracy panel's lines: the federation's per round, each baseline's, the majority-class rate."""
     styles = {  # the teacher dashed with hollow squares and on top: visible where it overlaps the student
         "mean_client_acc": ("mean client", dict(marker="o", zorder=2)),
         "student_acc": ("global student", dict(marker="o", linewidth=2.5, zorder=3)),
@@ -182,43 +202,35 @@ def save_plot(
     for key, (label, style) in styles.items():
         points = [(h["round"], 100 * h[key]) for h in history if h.get(key) is not None]
         if points:
-            ax_acc.plot(*zip(*points), label=f"FD {label}", **style)
-    colors = {b.name: f"C{3 + i}" for i, b in enumerate(baselines)}  # C0-C2: the federation's lines
+            ax.plot(*zip(*points), label=f"FD {label}", **style)
     for b in baselines:
         final, color = (b.student_acc if b.student_acc is not None else b.mean_client_acc), colors[b.name]
         if b.curve and b.bytes_up_per_client:
             curve = [100 * a for a in b.curve]
-            ax_acc.plot(range(1, len(curve) + 1), curve, linestyle="-.", color=color, label=b.name)
+            ax.plot(range(1, len(curve) + 1), curve, linestyle="-.", color=color, label=b.name)
         elif final is not None:
-            ax_acc.axhline(100 * final, linestyle=":", color=color, label=f"{b.name} (final)")
+            ax.axhline(100 * final, linestyle=":", color=color, label=f"{b.name} (final)")
     if majority is not None:
-        ax_acc.axhline(100 * majority, color="black", linewidth=0.8, label="majority class")
-    for ax in (ax_acc, ax_bytes):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.set(xlabel="round", ylabel="accuracy on the global test set (%)", title="Accuracy", ylim=(0, 100))
-    ax_acc.legend(fontsize=8)
+        ax.axhline(100 * majority, color="black", linewidth=0.8, label="majority class")
+
+
+def _bytes_panel(ax, history: list[dict], baselines: list[BaselineResult], colors: dict, rounds: list) -> None:
+    """The communication panel: bytes per client per round, up and down, on a log axis."""
     for key, label in (("bytes_up_per_client", "FD up"), ("bytes_down_per_client", "FD down")):
         points = [(h["round"], h[key]) for h in history if h.get(key)]  # zeros masked: no line off the log axis
         if points:
-            ax_bytes.plot(*zip(*points), marker="o", label=label)
+            ax.plot(*zip(*points), marker="o", label=label)
     for b in baselines:
         if b.bytes_up_per_client:
-            ax_bytes.plot(
+            ax.plot(
                 rounds,
                 [b.bytes_up_per_client] * len(rounds),
                 linestyle="--",
                 color=colors[b.name],
                 label=f"{b.name} up/down",
             )
-    ax_bytes.set(xlabel="round", ylabel="bytes per client (log)", yscale="log", title="Communication per round")
-    ax_bytes.legend(fontsize=8)
-    if config is not None:
-        fig.suptitle(plot_title(config))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    ax.set(xlabel="round", ylabel="bytes per client (log)", yscale="log", title="Communication per round")
+    ax.legend(fontsize=8)
 
 
 def save_results(

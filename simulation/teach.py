@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nebula.common.config import NebulaConfig
 from nebula.common.run_folder import RunFolder
 from nebula.server.exceptions import LedgerError
 from nebula.server.ledger import Ledger
@@ -67,38 +68,17 @@ def teach_from_run(
     """
     from nebula.common.federation_data import build_federation_data
     from nebula.learning.models import learner_for, load_trainable_state, save_adapter
-    from nebula.learning.training import accuracy, encode, fit, predict_logits
-    from nebula.server.unlearning.models import run_of
+    from nebula.learning.training import accuracy, encode, predict_logits
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    path = RunFolder(Path(run_folder)).ledger
-    if not path.is_file():
-        raise LedgerError(f"{run_folder}: no ledger.sqlite (the folder of a finished run is needed)")
-    ledger = Ledger(path)
-    try:
-        run = run_of(ledger, Path(run_folder))
-        ids, probs = gathered_consensus(ledger, run.run_id)
-    finally:
-        ledger.close()
+    run, ids, probs = _run_consensus(run_folder)
     config, t0 = run.config, time.perf_counter()
     data = build_federation_data(config.data)
     teacher = learner_for(config, base, data.num_classes)
     load_trainable_state(teacher.model, teacher.init_state)
-    cfg, max_len = config.train, config.data.max_length
-    total = epochs * -(-len(ids) // cfg.batch_size)
-    result = fit(
-        teacher.model,
-        encode(teacher.tokenizer, data.public_texts(ids), max_length=max_len),
-        targets=probs,
-        epochs=epochs,
-        temperature=cfg.temperature,
-        lr=cfg.teacher_lr,
-        batch_size=cfg.batch_size,
-        micro_batch_size=cfg.micro_batch_size,
-        seed=config.data.seed,
-        on_step=None if on_step is None else (lambda step, loss: on_step(step, total, loss)),
-    )
+    steps = _fit_teacher(teacher, data.public_texts(ids), probs, config=config, epochs=epochs, on_step=on_step)
+    max_len = config.data.max_length
     test_logits = predict_logits(teacher.model, encode(teacher.tokenizer, data.texts(data.test), max_length=max_len))
     test_accuracy = accuracy(test_logits, data.labels(data.test))
     adapter = save_adapter(
@@ -116,7 +96,7 @@ def teach_from_run(
         targets=int(len(ids)),
         target_agreement=float(np.mean(probs.argmax(1) == true)),
         epochs=epochs,
-        steps=result.steps,
+        steps=steps,
         test_accuracy=test_accuracy,
         test_size=int(len(data.test)),
         seconds=time.perf_counter() - t0,
@@ -124,3 +104,48 @@ def teach_from_run(
     )
     (Path(out) / "teach-report.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _run_consensus(run_folder: str | Path):
+    """The teacher's targets: the last run in ``run_folder``'s ledger and its gathered consensus ``(ids, probs)``."""
+    from nebula.server.unlearning.models import run_of
+
+    path = RunFolder(Path(run_folder)).ledger
+    if not path.is_file():
+        raise LedgerError(f"{run_folder}: no ledger.sqlite (the folder of a finished run is needed)")
+    ledger = Ledger(path)
+    try:
+        run = run_of(ledger, Path(run_folder))
+        ids, probs = gathered_consensus(ledger, run.run_id)
+    finally:
+        ledger.close()
+    return run, ids, probs
+
+
+def _fit_teacher(
+    teacher,
+    texts: list[str],
+    probs: np.ndarray,
+    *,
+    config: NebulaConfig,
+    epochs: int,
+    on_step: Callable[[int, int, float], None] | None,
+) -> int:
+    """The teacher's fit to the consensus ``probs`` on the public ``texts``; its number of optimizer steps."""
+    from nebula.learning.training import encode, fit
+
+    cfg = config.train
+    total = epochs * -(-len(texts) // cfg.batch_size)
+    result = fit(
+        teacher.model,
+        encode(teacher.tokenizer, texts, max_length=config.data.max_length),
+        targets=probs,
+        epochs=epochs,
+        temperature=cfg.temperature,
+        lr=cfg.teacher_lr,
+        batch_size=cfg.batch_size,
+        micro_batch_size=cfg.micro_batch_size,
+        seed=config.data.seed,
+        on_step=None if on_step is None else (lambda step, loss: on_step(step, total, loss)),
+    )
+    return result.steps

@@ -257,9 +257,25 @@ def run_benchmark(
         f"model; seconds: the mode's request, and the retraining federation ({seconds[RETRAINED]:.0f} s; the "
         f"original took {seconds[ORIGINAL]:.0f} s)."
     )
-    bench.out.mkdir(parents=True, exist_ok=True)
-    (bench.out / "unlearning.md").write_text(header + "\n\n" + table + "\n", encoding="utf-8")
-    (bench.out / "unlearning.json").write_text(
+    text = header + "\n\n" + table
+    _write_results(bench.out, client, sizes, seconds, rows, certificates, text, bench.config)
+    return BenchmarkResult(client, rows, text, seconds, {m: str(p) for m, p in certificates.items()})
+
+
+def _write_results(
+    out: Path,
+    client: str,
+    sizes: dict[str, int],
+    seconds: dict[str, float],
+    rows: list,
+    certificates: dict,
+    text: str,
+    config: NebulaConfig,
+) -> None:
+    """The benchmark's files: ``unlearning.md`` (caption and table) and ``unlearning.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "unlearning.md").write_text(text + "\n", encoding="utf-8")
+    (out / "unlearning.json").write_text(
         json.dumps(
             {
                 "client": client,
@@ -267,7 +283,7 @@ def run_benchmark(
                 "seconds": seconds,
                 "rows": rows,
                 "certificates": {m: str(p) for m, p in certificates.items()},
-                "config": bench.config.to_flat(),
+                "config": config.to_flat(),
             },
             indent=2,
             default=float,
@@ -275,4 +291,3 @@ def run_benchmark(
         + "\n",
         encoding="utf-8",
     )
-    return BenchmarkResult(client, rows, header + "\n\n" + table, seconds, {m: str(p) for m, p in certificates.items()})

@@ -11,10 +11,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nebula.client.runtime.errors import ExportError
 from nebula.client.runtime.package import Manifest, check_output_folder, write_package
 from nebula.deploy.export.onnx_export import OPSET, TARGETS, calibration_batches, convert, export_fp32
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +120,7 @@ def export_adapter(config: ExportConfig) -> Manifest:
         be loaded, label names that do not fit the head, or a target unavailable here. Nothing is
         written before the model has been exported and converted.
     """
-    from nebula.common.data import DatasetError, load_dataset
     from nebula.deploy.export.merge import load_adapter_model, read_adapter_config
-    from nebula.deploy.export.vocab import corpus_kept_ids, prune_model_vocab
 
     config.validate()
     check_output_folder(config.out)
@@ -127,24 +129,11 @@ def export_adapter(config: ExportConfig) -> Manifest:
         raise ExportError(
             f"{config.adapter_dir}: the tokenizer is not a fast tokenizer; the device runtime needs tokenizer.json"
         )
-    dataset_names = None
-    if config.dataset:
-        try:
-            dataset_names = load_dataset(config.dataset).label_names
-        except DatasetError as err:
-            raise ExportError(str(err)) from None
+    dataset_names = _dataset_label_names(config.dataset)
     labels = choose_labels(
         num_labels, given=config.labels, dataset_names=dataset_names, model_names=model_names, where=config.adapter_dir
     )
-    id_map = None
-    if config.prune_vocab_from:
-        if tokenizer.unk_token_id is None:
-            raise ExportError(
-                f"{config.adapter_dir}: the tokenizer has no unknown token; its vocabulary cannot be pruned"
-            )
-        kept = corpus_kept_ids(tokenizer, read_corpus(config.prune_vocab_from), max_length=config.max_length)
-        id_map = prune_model_vocab(model, kept, unk_id=tokenizer.unk_token_id)
-        log.info("vocabulary pruned to %d of %d tokens", len(kept), len(id_map))
+    id_map = _prune_vocab(model, tokenizer, config) if config.prune_vocab_from else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model_pad = int(id_map[pad_id]) if id_map is not None else pad_id
     calibration = None
@@ -169,3 +158,27 @@ def export_adapter(config: ExportConfig) -> Manifest:
             source_adapter=config.adapter_dir,
             opset=OPSET,
         )
+
+
+def _dataset_label_names(dataset: str | None) -> list[str] | None:
+    """The label names of ``dataset`` (None without one), a dataset that does not load raising ExportError."""
+    from nebula.common.data import DatasetError, load_dataset
+
+    if not dataset:
+        return None
+    try:
+        return load_dataset(dataset).label_names
+    except DatasetError as err:
+        raise ExportError(str(err)) from None
+
+
+def _prune_vocab(model, tokenizer, config: ExportConfig) -> np.ndarray:
+    """Prune ``model``'s vocabulary to the tokens of ``config.prune_vocab_from``; the old-to-new id map."""
+    from nebula.deploy.export.vocab import corpus_kept_ids, prune_model_vocab
+
+    if tokenizer.unk_token_id is None:
+        raise ExportError(f"{config.adapter_dir}: the tokenizer has no unknown token; its vocabulary cannot be pruned")
+    kept = corpus_kept_ids(tokenizer, read_corpus(config.prune_vocab_from), max_length=config.max_length)
+    id_map = prune_model_vocab(model, kept, unk_id=tokenizer.unk_token_id)
+    log.info("vocabulary pruned to %d of %d tokens", len(kept), len(id_map))
+    return id_map

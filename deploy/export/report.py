@@ -189,6 +189,18 @@ def build_report(
         for name, adapter in references
     ]
     return {
+        **_context(predictor, package_dir, texts, dataset=dataset, seed=seed, threads=threads, repeats=repeats),
+        "rows": rows,
+        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
+    }
+
+
+def _context(
+    predictor, package_dir: str | Path, texts: Sequence[str], *, dataset: str, seed: int, threads: int, repeats: int
+) -> dict:
+    """The report's context: the ``package``, the ``test`` set and the ``timing`` protocol."""
+    manifest = predictor.manifest
+    return {
         "package": {
             "folder": str(Path(package_dir).resolve()),
             "target": manifest.target,
@@ -207,8 +219,6 @@ def build_report(
             "warmup": 3,
             "what": "one session.run / forward, tokenisation excluded; batch 1 = median-length text",
         },
-        "rows": rows,
-        "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
     }
 
 

@@ -189,17 +189,18 @@ def verification_rows(
     return rows
 
 
+def _with_interval(key: str, title: str, fmt: str) -> tuple[tuple[str, str, str], ...]:
+    """A gap's column and the column of its 95% interval (``<key>_ci``)."""
+    return (key, title, fmt), (f"{key}_ci", "95% interval", f"[{fmt}, {fmt}]")
+
+
 COLUMNS = (
     ("variant", "variant", "{}"),
     ("model", "model", "{}"),
-    ("acc_forgotten", "forgotten acc", "{:.1%}"),
-    ("acc_others", "others acc", "{:.1%}"),
-    ("acc_test", "test acc", "{:.1%}"),
+    *((f"acc_{part}", f"{part} acc", "{:.1%}") for part in ("forgotten", "others", "test")),
     ("mia_auc", "MIA AUC", "{:.3f}"),
-    ("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"),
-    ("d_acc_forgotten_ci", "95% interval", "[{:+.1f}, {:+.1f}]"),
-    ("d_mia_auc", "gap AUC", "{:+.3f}"),
-    ("d_mia_auc_ci", "95% interval", "[{:+.3f}, {:+.3f}]"),
+    *_with_interval("d_acc_forgotten", "gap forgotten acc (pts)", "{:+.1f}"),
+    *_with_interval("d_mia_auc", "gap AUC", "{:+.3f}"),
     ("seconds", "seconds", "{:.1f}"),
     ("speedup", "x faster than retraining", "{:.1f}"),
 )

@@ -40,6 +40,25 @@ def engine_never_called(monkeypatch):
 
 
 @pytest.fixture
+def config_reaching_engine(tmp_path, monkeypatch):
+    """Run ``nebula simulate *argv`` up to the (stand-in) engine; return the config it was handed."""
+
+    def run(*argv):
+        reached = {}
+
+        def record(config, **kwargs):
+            reached["config"] = config
+            raise Reached
+
+        monkeypatch.setattr(engine, "simulate", record)
+        with pytest.raises(Reached):
+            main(["simulate", *argv, "--output-dir", str(tmp_path / "run"), "--baselines", "none"])
+        return reached["config"]
+
+    return run
+
+
+@pytest.fixture
 def small_csv(tmp_path):
     return write_csv(tmp_path / "small.csv", short_texts(300))
 
@@ -134,49 +153,21 @@ def test_hub_id_while_offline(tmp_path, capsys, small_csv, monkeypatch, variable
     ) in err
 
 
-def test_small_csv_gets_fitted_sizes_and_reaches_the_engine(tmp_path, capsys, small_csv, monkeypatch):
-    reached = {}
-
-    def record(config, **kwargs):
-        reached["config"] = config
-        raise Reached
-
-    monkeypatch.setattr(engine, "simulate", record)
-    with pytest.raises(Reached):
-        main(["simulate", "--dataset", str(small_csv), "--output-dir", str(tmp_path / "run"), "--baselines", "none"])
+def test_small_csv_gets_fitted_sizes_and_reaches_the_engine(capsys, small_csv, config_reaching_engine):
+    config = config_reaching_engine("--dataset", str(small_csv))
     out = capsys.readouterr().out
-    data = reached["config"].data
+    data = config.data
     assert (data.test_size, data.public_size, data.private_size) == (60, 90, 0)  # 20%, 30%, the rest
     assert data.test_size + data.public_size + MIN_PER_CLIENT * data.num_clients <= 300
-    assert reached["config"].federation.public_per_round <= data.public_size
+    assert config.federation.public_per_round <= data.public_size
     fitted = [line for line in out.splitlines() if "too few for" in line]
     assert len(fitted) == 1
     assert "using test 60, public 90, private 150 (the rest)" in fitted[0]
     assert "--test-size, --public-size, --private-size" in fitted[0]
 
 
-def test_sizes_that_fit_are_kept(tmp_path, capsys, small_csv, monkeypatch):
-    reached = {}
-
-    def record(config, **kwargs):
-        reached["config"] = config
-        raise Reached
-
-    monkeypatch.setattr(engine, "simulate", record)
-    argv = ["--test-size", "50", "--public-size", "100", "--private-size", "120"]
-    with pytest.raises(Reached):
-        main(
-            [
-                "simulate",
-                "--dataset",
-                str(small_csv),
-                "--output-dir",
-                str(tmp_path / "run"),
-                "--baselines",
-                "none",
-                *argv,
-            ]
-        )
-    data = reached["config"].data
+def test_sizes_that_fit_are_kept(capsys, small_csv, config_reaching_engine):
+    sizes = ["--test-size", "50", "--public-size", "100", "--private-size", "120"]
+    data = config_reaching_engine("--dataset", str(small_csv), *sizes).data
     assert (data.test_size, data.public_size, data.private_size) == (50, 100, 120)
     assert "too few for" not in capsys.readouterr().out

@@ -38,16 +38,8 @@ def resumed(tmp_path_factory):
         db.execute("DELETE FROM round_targets WHERE run_id = ? AND round = 1", (run_id,))
     history = simulate(preset_config("smoke", {**base, "federation.rounds": 2, "federation.resume": True}))
     after, finished_after = _rows(out / "ledger.sqlite", run_id)
-    return dict(
-        out=out,
-        run_id=run_id,
-        first=first,
-        before=before,
-        finished=finished,
-        history=history,
-        after=after,
-        finished_after=finished_after,
-    )
+    killed = dict(first=first, before=before, finished=finished)  # the first run, as the kill left it
+    return dict(out=out, run_id=run_id, **killed, history=history, after=after, finished_after=finished_after)
 
 
 def test_first_run_marked_round_1_finished(resumed):

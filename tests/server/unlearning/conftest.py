@@ -77,12 +77,11 @@ def build_ledger(path: Path, *, rule: str = "mean", min_replies: int = 2, label_
             consensus = reference_consensus(
                 [c.payload for c in accepted], [c.weight for c in accepted], ids, rule, support
             )
-            rejected = [("client-2", 102, "payload truncated")] if (run, r) == (RUN_A, 3) else []
             ledger.record_round(
                 run_id=run,
                 round_index=r,
                 accepted=accepted,
-                rejected=rejected,
+                rejected=[("client-2", 102, "payload truncated")] if (run, r) == (RUN_A, 3) else [],
                 rule=rule,
                 consensus_ids=ids,
                 consensus=consensus,
