@@ -127,61 +127,70 @@ def _client_data(items: list[str], clients: list[str]) -> dict[str, Path]:
     return data
 
 
-def _up(args: argparse.Namespace) -> int:
-    from nebula.deploy.local import DeployError, round_timing, start_federation
+class _UsageError(ValueError):
+    """A bad ``deploy up`` argument: printed as ``error: ...``, exit 2."""
 
+
+def _up_inputs(args: argparse.Namespace) -> tuple[list[str], dict, dict, DeploymentMaterial]:
+    """``deploy up``'s checked inputs: clients, config overrides, each client's own data, the key material."""
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
+            raise _UsageError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = value
-    try:
-        data = _client_data(args.data, clients)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data = _client_data(args.data, clients)
     if (args.text_field or args.label_field) and not data:
-        print("error: --text-field / --label-field need --data", file=sys.stderr)
-        return 2
+        raise _UsageError("--text-field / --label-field need --data")
     material = DeploymentMaterial.at(args.certs, [args.teacher, *clients])
-    missing = [
-        str(p)
-        for p in (
-            material.ca_cert,
-            material.tls_cert,
-            material.tls_key,
-            *material.supernode_keys.values(),
-            *material.supernode_pubs.values(),
-        )
-        if not p.exists()
-    ]
+    needed = (
+        material.ca_cert,
+        material.tls_cert,
+        material.tls_key,
+        *material.supernode_keys.values(),
+        *material.supernode_pubs.values(),
+    )
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        print(
-            f"error: missing in {args.certs}: {', '.join(missing)} (make them with `nebula certs {args.certs} "
-            f"--nodes {args.teacher},{','.join(clients)}`)",
-            file=sys.stderr,
+        raise _UsageError(
+            f"missing in {args.certs}: {', '.join(missing)} (make them with `nebula certs {args.certs} "
+            f"--nodes {args.teacher},{','.join(clients)}`)"
         )
+    return clients, overrides, data, material
+
+
+def _print_rounds(fed) -> None:
+    """One line a round of the finished run: replies, and wall time against the compute inside it."""
+    from nebula.deploy.local import round_timing
+
+    metrics = fed.run_folder.metrics
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        row = json.loads(line)
+        t = round_timing(row)
+        print(
+            f"  round {row['round']}: {row['accepted']} replies (rejected: {row['rejected'] or '-'}); "
+            f"wall {t['wall']:.1f} s vs compute {t['compute']:.1f} s = {t['ratio']:.2f}x | clients: wait "
+            f"{t['clients_wait']:.1f} s, slowest compute {t['clients_compute']:.1f} s | teacher: wait "
+            f"{t['teacher_wait']:.1f} s, compute {t['teacher_compute']:.1f} s"
+        )
+
+
+def _up(args: argparse.Namespace) -> int:
+    from nebula.deploy.local import DeployError, start_federation
+
+    try:
+        clients, overrides, data, material = _up_inputs(args)
+    except ValueError as exc:  # _UsageError, or a bad --data entry
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
         fed, run_id = start_federation(
-            args.run_dir,
-            material,
-            teacher=args.teacher,
-            clients=clients,
-            preset=args.preset,
-            overrides=overrides,
-            port=args.port,
-            workers=args.workers,
-            data=data,
-            text_field=args.text_field,
-            label_field=args.label_field,
-            gate=not args.no_gate,
-            gate_port=args.gate_port,
-        )
+            args.run_dir, material, teacher=args.teacher, clients=clients, preset=args.preset, overrides=overrides,
+            port=args.port, workers=args.workers, data=data, text_field=args.text_field,
+            label_field=args.label_field, gate=not args.no_gate, gate_port=args.gate_port,
+        )  # fmt: skip
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -202,16 +211,7 @@ def _up(args: argparse.Namespace) -> int:
             f"run {run_id}: {status['status']} in {time.perf_counter() - t0:.0f} s "
             f"(Flower: {status['elapsed']:.0f} s running)"
         )
-        metrics = fed.run_folder.metrics
-        for line in metrics.read_text().splitlines() if metrics.exists() else []:
-            row = json.loads(line)
-            t = round_timing(row)
-            print(
-                f"  round {row['round']}: {row['accepted']} replies (rejected: {row['rejected'] or '-'}); "
-                f"wall {t['wall']:.1f} s vs compute {t['compute']:.1f} s = {t['ratio']:.2f}x | clients: wait "
-                f"{t['clients_wait']:.1f} s, slowest compute {t['clients_compute']:.1f} s | teacher: wait "
-                f"{t['teacher_wait']:.1f} s, compute {t['teacher_compute']:.1f} s"
-            )
+        _print_rounds(fed)
         return 0 if status["status"] == "finished:completed" else 1
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
