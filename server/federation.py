@@ -324,7 +324,7 @@ class Federation:
         finished, states_dir = self.live.run_pending(self.run_id, r)
         if not finished:
             return targets
-        plan, _ = self.live.restore_plan(self.run_id, r, states_dir=states_dir, num_classes=self.cohort.num_classes)
+        plan = self.live.restore_plan(self.run_id, r, states_dir=states_dir, num_classes=self.cohort.num_classes)
         try:
             new_targets = self.teacher.restore(self.envelope, plan, next_round=r)
         except ReplyRejected as exc:

@@ -58,7 +58,7 @@ class LiveUnlearning:
         ``states_dir`` being the models a model mode just made current ("" if none did)."""
         fed = self.config.federation
         self.ledger.mark_live(run_id, for_seconds=3 * fed.reply_timeout + 600)
-        current_before = self.states_dir(run_id)
+        current_before = unlearned_states_dir(self.folder, run_id)
         done = self.executor().run_pending()
         for request in done:
             log.warning(
@@ -72,11 +72,11 @@ class LiveUnlearning:
             )
         if not any(request.status == "done" for request in done):
             return False, ""
-        current = self.states_dir(run_id)
+        current = unlearned_states_dir(self.folder, run_id)
         return True, current if current != current_before else ""
 
-    def restore_plan(self, run_id: str, r: int, *, states_dir: str, num_classes: int) -> tuple[RestorePlan, bool]:
-        """What the teacher reloads after a request before round ``r``, and whether round ``r - 1`` left targets.
+    def restore_plan(self, run_id: str, r: int, *, states_dir: str, num_classes: int) -> RestorePlan:
+        """What the teacher reloads after a request before round ``r``.
 
         Round ``r``'s targets (the teacher's answers on round ``r - 1``'s inputs) were computed before the
         request: the restored teacher answers them again (the plan's ``query_ids``)."""
@@ -84,16 +84,13 @@ class LiveUnlearning:
         taught = max((k for k, (_, ok) in rounds.items() if ok and k < r), default=0)
         ids, probs = gathered_consensus(self.ledger, run_id, up_to=taught)
         old_targets = rounds.get(r - 1, (None, False))[0]
-        query = None if old_targets is None else decode_logits(old_targets, num_classes=num_classes).ids
-        plan = RestorePlan(taught, ids, probs, states_dir=states_dir, keep_states=not states_dir, query_ids=query)
-        return plan, old_targets is not None
+        # A ledger's own payload: it may predate wire format v2.
+        query = None if old_targets is None else decode_logits(old_targets, num_classes=num_classes, legacy=True).ids
+        return RestorePlan(taught, ids, probs, states_dir=states_dir, keep_states=not states_dir, query_ids=query)
 
     def replace_targets(self, run_id: str, r: int, targets: bytes | None) -> None:
         """Round ``r - 1``'s targets become the restored teacher's (None: the teacher could not answer)."""
         self.ledger.record_targets(run_id, r - 1, targets, teacher_ok=targets is not None)
-
-    def states_dir(self, run_id: str) -> str:
-        return unlearned_states_dir(self.folder, run_id)
 
 
 def unlearned_states_dir(folder: RunFolder, run_id: str, *, checkpoint_round: int | None = None) -> str:

@@ -105,6 +105,7 @@ def resolve_base(adapter_dir: str | Path, base: str | None = None, config: dict 
     :func:`nebula.learning.assets.resolve_model`, so an adapter trained on another machine (another cache
     path) still finds its base, and the cached weights are verified against their manifest.
     """
+    from nebula.common.packages import builtin_name
     from nebula.learning.assets import BUILTIN_MODELS, AssetError, resolve_model
 
     folder = Path(adapter_dir)
@@ -113,13 +114,11 @@ def resolve_base(adapter_dir: str | Path, base: str | None = None, config: dict 
     if not name or not isinstance(name, str):
         raise ExportError(f"{folder / ADAPTER_CONFIG}: no base_model_name_or_path; pass the base model with --base")
     path = Path(name).expanduser()
-    upstream = {m.upstream: m.name for m in BUILTIN_MODELS.values()}
+    builtin = builtin_name(name)  # by name, by the hub id adapters record, or by an older adapter's cache folder
     try:
-        if name in BUILTIN_MODELS or name in upstream:  # a builtin, by name or by the hub id adapters record
-            return resolve_model(upstream.get(name, name))
-        if path.name in BUILTIN_MODELS and path.parent.name == "models":
-            cache = path.parent.parent
-            return resolve_model(path.name, cache_dir=cache if cache.is_dir() else None)
+        if builtin is not None:
+            cache = path.parent.parent if path.name == builtin and path.parent.name == "models" else None
+            return resolve_model(builtin, cache_dir=cache if cache is not None and cache.is_dir() else None)
     except AssetError as err:
         raise ExportError(f"{folder}: base model {name!r} cannot be prepared: {err}") from err
     if path.is_dir():
