@@ -33,11 +33,15 @@ test: $(STAMP) lint
 test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not e2e"
 
-# Layer contracts (pyproject.toml, [tool.importlinter]), then ruff's lint and format check ([tool.ruff]).
+# Layer contracts (pyproject.toml, [tool.importlinter]), then ruff's lint and format check ([tool.ruff]),
+# then what a device runs (common, client with its edge runtime, learning) against Python 3.10 (JetPack 6):
+# vermin fails on 3.11-only syntax or stdlib (datetime.UTC, tomllib, typing.Self, except*, ...), annotations
+# counted as if evaluated.
 lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vermin --quiet --target=3.10- --violations --no-tips --eval-annotations common client learning
 
 clean:
 	rm -rf runs .pytest_cache

@@ -24,6 +24,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from nebula.client import worker_link
+from nebula.client.adversary import poison
 from nebula.client.faults import corrupt, parse_faults
 from nebula.client.messages import answer, describe_reply, guarded, read_request
 from nebula.client.node import NodeIdentity
@@ -145,7 +146,15 @@ def train_round(msg: Message, context: Context) -> Message:
         start_from=start_from,
         class_counts=np.asarray(request.class_counts, dtype=np.int64) if request.class_counts else None,
     )
-    blob = corrupt(out.logits_blob, faults[node.index]) if node.index in faults else out.logits_blob
+    blob = poison(  # a simulated adversary (client/adversary.py) rewrites its honest answer on the way out
+        out.logits_blob,
+        spec=config.federation.adversaries,
+        client_index=node.index,
+        round_index=r,
+        seed=config.data.seed,
+        dtype=config.federation.wire_dtype,
+    )
+    blob = corrupt(blob, faults[node.index]) if node.index in faults else blob
     return answer(msg, RoundReply(node.client_id, blob, out.metrics))
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from nebula.client import app
 from nebula.client.worker_link import ERROR, MAX_SOCKET_PATH, OK, enter_worker, key_path
+from nebula.common import keys
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,19 @@ def _handle(message_bytes: bytes, context_bytes: bytes) -> tuple[bytes, bytes]:
     msg = message_from_proto(ProtoMessage.FromString(message_bytes))
     context = context_from_proto(ProtoContext.FromString(context_bytes))
     handler = handlers.get(msg.metadata.message_type)
+    log.info("handling %s of run %s%s", msg.metadata.message_type, msg.metadata.run_id, _round_of(msg))
     if handler is None:
         raise ValueError(
             f"no handler for message type {msg.metadata.message_type!r}; known: {', '.join(sorted(handlers))}"
         )
     reply = handler(msg, context)
     return message_to_proto(reply).SerializeToString(), recorddict_to_proto(context.state).SerializeToString()
+
+
+def _round_of(msg) -> str:
+    """`` (round N)`` for a message that names its round, else ""."""
+    record = msg.content.config_records.get(keys.ROUND) if msg.has_content() else None
+    return f" (round {record[keys.ROUND_INDEX]})" if record is not None and keys.ROUND_INDEX in record else ""
 
 
 def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:

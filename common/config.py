@@ -12,21 +12,25 @@ text and its check live:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from nebula.common.canary import Canary
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] = (), hidden: bool = False) -> Any:
+    """A field with its default and help text; ``choices``: the only values it takes (the command line
+    offers them as such); ``hidden``: a test hook, accepted on the command line but left out of its help."""
+    return field(default=default, metadata={"help": help, "choices": choices, "hidden": hidden})
 
 
 @dataclass
@@ -38,12 +42,17 @@ class DataConfig:
     public_size: int = _opt(1200, "examples in the public unlabeled pool (labels are never used)")
     private_size: int = _opt(1500, "private examples spread over the clients (0 = all that remain)")
     num_clients: int = _opt(5, "number of edge clients")
-    partition: str = _opt("dirichlet", "how private data is spread: iid, dirichlet, shards")
+    partition: str = _opt("dirichlet", "how private data is spread", choices=("iid", "dirichlet", "shards"))
     dirichlet_alpha: float = _opt(0.5, "Dirichlet concentration (smaller = more skewed labels)")
     shards_per_client: int = _opt(2, "label shards per client for the shards scheme")
     holdout_fraction: float = _opt(0.2, "share of each client's data kept for its own test")
     max_length: int = _opt(64, "tokens per input")
     seed: int = _opt(0, "seed of splits, partitions, initialisation and training order")
+    canary: str = _opt(
+        "",
+        "a backdoor planted in one client's private data to check forgetting, 'client-index:fraction:class' "
+        "(e.g. '1:0.05:0'; simulation only, common/canary.py)",
+    )
 
     def validate(self) -> None:
         _positive(self, "test_size", "public_size", "num_clients", "max_length", "shards_per_client")
@@ -53,6 +62,13 @@ class DataConfig:
             raise ConfigError(f"data.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.canary:
+            try:
+                canary = Canary.parse(self.canary)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if canary is not None and canary.client >= self.num_clients:
+                raise ConfigError(f"data.canary client {canary.client} outside 0..{self.num_clients - 1}")
         if self.partition not in ("iid", "dirichlet", "shards"):
             raise ConfigError(f"data.partition must be iid, dirichlet or shards, got {self.partition!r}")
 
@@ -105,7 +121,9 @@ class TrainConfig:
     teacher_epochs: int = _opt(1, "teacher epochs over all consensus targets gathered so far")
     student_epochs: int = _opt(1, "global-student epochs over the teacher's targets per round")
     student_inputs: str = _opt(
-        "pool", "what the global student distills on: pool (teacher's predictions on the whole public pool) or seen"
+        "pool",
+        "what the global student distills on: pool (teacher's predictions on the whole public pool) or seen",
+        choices=("pool", "seen"),
     )
     eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
     threads: int = _opt(0, "torch threads of an edge client (0 = let torch decide)")
@@ -126,6 +144,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
+ISOLATION_LEVELS = ("collaborative", "isolated")
+
+
 @dataclass
 class FederationConfig:
     rounds: int = _opt(3, "federation rounds")
@@ -134,13 +155,33 @@ class FederationConfig:
         "class-contrast", "aggregation rule: class-contrast, mean, entropy, class-support, median, trimmed-mean"
     )
     min_replies: int = _opt(2, "valid client replies needed to aggregate a round")
-    wire_dtype: str = _opt("float16", "dtype of logits on the wire: float16, float32, int8")
+    wire_dtype: str = _opt("float16", "dtype of logits on the wire", choices=("float16", "float32", "int8"))
     reply_timeout: float = _opt(900.0, "seconds to wait for the replies of one exchange")
     output_dir: str = _opt("runs/latest", "folder for the ledger, metrics, plots and checkpoints")
+    tensorboard: bool = _opt(
+        False,
+        "also write each round's metrics as TensorBoard scalars to <output_dir>/tensorboard "
+        "(needs the tracking extra: pip install 'nebula-fd[tracking]')",
+    )
     client_init: str = _opt(
         "global-student",
         "what an edge client starts each round from: global-student (download the teacher's global student when "
         "the client runs the same base model; uploads stay logits) or own (its own adapter only)",
+        choices=("global-student", "own"),
+    )
+    isolation: str = _opt(
+        "collaborative",
+        "how far one client's data reaches the others (design.md, 'Decisions taken'): collaborative (clients digest "
+        "the teacher's targets and start from the global student; best accuracy; forgetting is approximate) or "
+        "isolated (each client answers from an expert trained only on its own data, with a uniform label prior; the "
+        "server applies the federation's prior to the consensus; forgetting a client is a server-side "
+        "recomputation, exact by construction: nebula unlearn --mode exact-replay)",
+        choices=ISOLATION_LEVELS,
+    )
+    exclude_clients: str = _opt(
+        "",
+        "client ids left out of the federation although their data exists, e.g. 'client-3' (comma list): the "
+        "from-scratch reference that exact forgetting is compared with",
     )
     resume: bool = _opt(
         False,
@@ -158,7 +199,17 @@ class FederationConfig:
         "a deployment's node registry (nodes.json, written by nebula certs): the server then takes each node's role "
         "and client id from its authenticated key, not from what the node says (server/identity.py)",
     )
-    faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)")
+    faults: str = _opt("", "fault injection for tests and demos, e.g. '2:nan,3:bad-ids' (client:kind)", hidden=True)
+    adversaries: str = _opt(
+        "",
+        "simulated poisoning clients, a research and robustness tool (client/adversary.py): each one trains honestly "
+        "but answers poisoned logits, e.g. '2:random,5:inverted,3:flip=0>1,7:collude,8:collude' (client:kind)",
+    )
+    reputation: bool = _opt(
+        False,
+        "weight each client by its reputation: its agreement with the cohort, tracked across rounds; a client far "
+        "below the cohort is down-weighted or left out until it agrees again (server/reputation.py)",
+    )
     inference_clients: str = _opt(
         "",
         "edge clients that only answer logits from an ONNX export (no training, no torch), "
@@ -167,11 +218,44 @@ class FederationConfig:
 
     def validate(self) -> None:
         _positive(self, "rounds", "public_per_round", "min_replies", "reply_timeout")
+        if self.isolation not in ISOLATION_LEVELS:
+            raise ConfigError(
+                f"federation.isolation must be one of {', '.join(ISOLATION_LEVELS)}, got {self.isolation!r}"
+                + (" (sharded:S is designed but not built yet)" if self.isolation.startswith("sharded") else "")
+            )
         if self.client_init not in ("global-student", "own"):
             raise ConfigError(f"federation.client_init must be global-student or own, got {self.client_init!r}")
         if self.wire_dtype not in ("float16", "float32", "int8"):
             raise ConfigError(f"federation.wire_dtype must be float16, float32 or int8, got {self.wire_dtype!r}")
         self.inference_exports()  # parses the entries, raising on a malformed one
+        self.adversary_kinds()
+
+    def adversary_kinds(self) -> dict[int, tuple[str, tuple[int, ...]]]:
+        """``adversaries`` as ``{client index: (kind, arguments)}`` (client/adversary.py).
+
+        Each entry is ``index:kind`` with kind ``random``, ``inverted``, ``collude`` or ``flip=A>B``
+        (classes ``A != B``), which gives ``("flip", (A, B))``. Raises :class:`ConfigError` naming a
+        malformed or repeated entry.
+        """
+        kinds: dict[int, tuple[str, tuple[int, ...]]] = {}
+        for entry in filter(None, (e.strip() for e in self.adversaries.split(","))):
+            key, _, kind = (part.strip() for part in entry.partition(":"))
+            flip = re.fullmatch(r"flip=(\d+)>(\d+)", kind)
+            if not key.isdigit() or not (kind in ("random", "inverted", "collude") or flip):
+                raise ConfigError(
+                    f"federation.adversaries entry {entry!r} is not 'client-index:kind' with kind random, inverted, "
+                    "collude or flip=A>B"
+                )
+            if flip and flip[1] == flip[2]:
+                raise ConfigError(f"federation.adversaries entry {entry!r} flips class {flip[1]} to itself")
+            if int(key) in kinds:
+                raise ConfigError(f"federation.adversaries entry {entry!r} repeats client {int(key)}")
+            kinds[int(key)] = ("flip", (int(flip[1]), int(flip[2]))) if flip else (kind, ())
+        return kinds
+
+    def excluded(self) -> set[str]:
+        """``exclude_clients`` as a set of client ids."""
+        return {e.strip() for e in self.exclude_clients.split(",") if e.strip()}
 
     def inference_exports(self) -> dict[int, str]:
         """``inference_clients`` as ``{client index: export folder}`` (client/runtime/inference.py).
@@ -275,20 +359,35 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 
 # --- command line ------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--field-name`` option per config field, with the field's help text."""
+@dataclass(frozen=True)
+class CommandLineOption:
+    """A configuration field as an option of the ``nebula`` command (cli/_args.py builds the flags from these)."""
+
+    key: str  # flat key, e.g. "federation.rounds"
+    flag: str  # "--rounds": the field's name, so unique over the sections
+    kind: type  # int, float, str or bool (the default's type)
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    hidden: bool = False
+
+
+def command_line_options() -> list[CommandLineOption]:
+    """One option per field of every section, in declaration order; ConfigError if two fields share a flag."""
+    options, taken = [], {}
     for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(section)
         for f in fields(cls):
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f"{section}.{f.name}",
-                default=None,
-                metavar=type(f.default).__name__.upper(),
-                help=f"{f.metadata['help']} (default: {f.default!r})",
+            option = CommandLineOption(
+                key=f"{section}.{f.name}",
+                flag="--" + f.name.replace("_", "-"),
+                kind=type(f.default),
+                default=f.default,
+                help=f.metadata.get("help", ""),
+                choices=tuple(f.metadata.get("choices", ())),
+                hidden=f.metadata.get("hidden", False),
             )
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The flat keys that were given on the command line."""
-    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+            if option.flag in taken:
+                raise ConfigError(f"{option.key} and {taken[option.flag]} would both be {option.flag}: rename one")
+            taken[option.flag] = option.key
+            options.append(option)
+    return options

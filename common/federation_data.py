@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nebula.common.canary import Canary, plant
 from nebula.common.config import DataConfig
 from nebula.common.data import TextDataset, data_files, load_dataset, load_labelled_files, split_dataset
 from nebula.common.partition import label_counts, partition_indices
@@ -167,4 +168,7 @@ def _build(key: tuple) -> FederationData:
         if len(members) - n_hold < 1:
             n_hold = 0
         clients.append(ClientSplit(train=np.sort(members[n_hold:]), holdout=np.sort(members[:n_hold])))
+    canary = Canary.parse(config.canary)
+    if canary is not None:  # simulation's backdoor check: rewrites rows only that client holds
+        dataset, _ = plant(dataset, clients[canary.client].train, canary, seed=config.seed + 2)
     return FederationData(dataset, np.sort(test), public, tuple(clients))

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -31,6 +31,7 @@ from nebula.common.config import ConfigError, NebulaConfig
 ROLES = (keys.ROLE_CLIENT, keys.ROLE_TEACHER, keys.ROLE_INFERENCE)
 CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # stored in the ledger, logged, used in paths
 MAX_EXAMPLES = 10**9  # a client's example count above this is not a device's data
+_Request = TypeVar("_Request", bound="_EnvelopeOnly")  # typing.Self is 3.11+: a device runs Python 3.10
 
 
 class MessageError(ValueError):
@@ -186,7 +187,7 @@ class _EnvelopeOnly:
         return self.envelope.record(self.TYPE, {})
 
     @classmethod
-    def from_record(cls, content: RecordDict) -> Self:
+    def from_record(cls: type[_Request], content: RecordDict) -> _Request:
         return cls(Envelope.read(cls.TYPE, content)[0])
 
 

@@ -4,6 +4,7 @@
 
     ledger.sqlite                                    contributions, rejections, consensus, targets, requests
     metrics.jsonl                                    one JSON object per round
+    tensorboard/                                     the same per round as TensorBoard scalars (federation.tensorboard)
     results.md, results.json, accuracy_bytes.png     the results table and plot (nebula simulate)
     checkpoints/round-NNN/{teacher,student}.pt       the teacher node's trainable states after each taught round
     models/{teacher,global-student}/                 the final adapters (``PeftModel.from_pretrained``)
@@ -75,6 +76,7 @@ class RunFolder:
 
     ledger = _Under("ledger.sqlite")
     metrics = _Under("metrics.jsonl")
+    tensorboard = _Under("tensorboard")
     results_md = _Under("results.md")
     results_json = _Under("results.json")
     plot = _Under("accuracy_bytes.png")

@@ -29,7 +29,12 @@ Flower 1.41 facts this relies on (checked here):
 (server/app.py); each SuperNode on one host needs its own ``--port`` (its ClientApp I/O API);
 an unregistered key makes a SuperNode log "Exit Code: 305 ... Failed to activate SuperNode" and exit
 with status 1; a SuperNode that stops sending heartbeats (every 30 s) is reported "Node Unavailable" to
-the ServerApp after 2 missed intervals.
+the ServerApp after 2 missed intervals. A SuperNode killed without saying goodbye stays online on the
+SuperLink until then (up to 60 s), and the same key started again meanwhile is refused the same way
+(:meth:`LocalFederation.restart_node` waits); its SuperNode id is the one registered, so the server
+knows it again. A message whose reply the ServerApp pulled, the SuperLink's "Node Unavailable"
+included, is deleted; one it stopped waiting for at its reply timeout stays (Flower's TTL is 12 h), and
+the node, started again, computes it before the messages of the current round.
 """
 
 from __future__ import annotations
@@ -170,6 +175,7 @@ class LocalFederation:
         self.bin_dir = Path(bin_dir) if bin_dir else Path(sys.executable).parent
         self.processes: list[Started] = []
         self.node_ids: dict[str, int] = {}  # registered name -> SuperNode id
+        self.specs: dict[str, NodeSpec] = {}  # name -> how its SuperNode was started (restart_node starts it again)
         self.registered: dict[str, tuple[str, str, bytes]] = {}  # name -> (role, client id, public key)
         self.superlink: Started | None = None
         self.port = 0
@@ -350,11 +356,13 @@ class LocalFederation:
 
     # -- SuperNodes ------------------------------------------------------------------------
     def start_supernode(self, spec: NodeSpec, *, port: int = 0) -> Started:
-        """Register ``spec``'s public key (unless ``registered=False``) and start its SuperNode."""
+        """Register ``spec``'s public key (unless ``registered=False``, or already registered here) and start its
+        SuperNode."""
         key = spec.key or self.material.supernode_keys[spec.name]
+        self.specs[spec.name] = spec
         if spec.worker:
             self.start_worker(spec.name)
-        if spec.registered:
+        if spec.registered and spec.name not in self.node_ids:
             public = self.material.supernode_pubs[spec.name] if spec.key is None else key.with_suffix(".pub")
             self.register(spec.name, public)
             self.registered[spec.name] = (spec.role, spec.name, public.read_bytes())
@@ -405,9 +413,10 @@ class LocalFederation:
         """Until every named (registered) SuperNode is online; raises naming the ones that are not."""
         deadline, missing = time.monotonic() + timeout, list(names)
         while time.monotonic() < deadline:
-            for proc in self.processes:
-                if proc.name in missing:
-                    self._check_alive(proc, f"SuperNode {proc.name}")
+            latest = {p.name: p for p in self.processes}  # the last process started under each name
+            for name in missing:
+                if name in latest:
+                    self._check_alive(latest[name], f"SuperNode {name}")
             status = self.supernodes()
             missing = [n for n in names if status.get(self.node_ids[n]) != "online"]
             if not missing:
@@ -417,6 +426,42 @@ class LocalFederation:
             f"SuperNode(s) {', '.join(missing)} not online after {timeout:.0f} s; "
             f"see their logs in {self.run_dir / 'logs'}"
         )
+
+    def wait_offline(self, names: Sequence[str], *, timeout: float = 120.0) -> None:
+        """Until the SuperLink counts none of the named SuperNodes online (a killed one: up to 60 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.supernodes()
+            online = [n for n in names if status.get(self.node_ids[n]) == "online"]
+            if not online:
+                return
+            if time.monotonic() > deadline:
+                raise DeployError(f"SuperNode(s) {', '.join(online)} still online after {timeout:.0f} s")
+            time.sleep(2.0)
+
+    def kill_node(self, name: str, sig: int = signal.SIGKILL) -> list[ProcInfo]:
+        """Send ``sig`` to node ``name``'s SuperNode and its worker, with their helpers, at once (the device
+        losing power); whom."""
+        members = family([p for p in self.processes if p.name in (name, f"{name}-worker")])
+        send_signal(members, sig)
+        return members
+
+    def restart_node(self, name: str, *, timeout: float = 180.0) -> Started:
+        """Start node ``name`` again as it was started (same key, node config and folder; its worker too) once
+        the SuperLink no longer counts it online, and wait until it is; its new SuperNode process.
+
+        The node keeps its registration and SuperNode id, so the running server addresses it as before; what
+        its SuperNode held in memory (Flower's context state, e.g. the teacher's models) is gone.
+        """
+        if name not in self.specs:
+            raise DeployError(f"node {name} was never started here; started: {', '.join(self.specs) or 'none'}")
+        running = [p.name for p in self.processes if p.name in (name, f"{name}-worker") and p.alive()]
+        if running:
+            raise DeployError(f"{', '.join(running)} still running: stop or kill node {name} before restarting it")
+        self.wait_offline([name], timeout=timeout)
+        proc = self.start_supernode(self.specs[name])
+        self.wait_online([name], timeout=timeout)
+        return proc
 
     # -- runs ------------------------------------------------------------------------------
     def submit(self, *, preset: str = "quick", overrides: Mapping[str, object] | None = None) -> int:

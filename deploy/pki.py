@@ -24,9 +24,7 @@ target file exists, unless ``force``: an existing CA or key is never replaced by
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,61 +189,3 @@ def write_node_registry(material: DeploymentMaterial, *, teachers: Sequence[str]
         for name in material.supernode_pubs
     }
     return write_registry(material.node_registry, entries)
-
-
-# -- command line ----------------------------------------------------------------------------
-def add_certs_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``nebula certs`` on the ``nebula`` command's subparsers."""
-    text = "write a CA, the SuperLink's TLS certificate, SuperNode authentication keys and operator keys"
-    p = sub.add_parser("certs", help=text, description=text + ". Private keys are unencrypted, mode 0600.")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
-    p.add_argument(
-        "--hosts",
-        default=",".join(DEFAULT_HOSTS),
-        help=f"comma list of the SuperLink's host names / IP addresses (default {','.join(DEFAULT_HOSTS)})",
-    )
-    p.add_argument(
-        "--nodes",
-        default=",".join(DEFAULT_NODES),
-        help=f"comma list of SuperNode names, one key pair each (default {','.join(DEFAULT_NODES)})",
-    )
-    p.add_argument(
-        "--operators",
-        default="operator",
-        help="comma list of operator names, one Ed25519 key pair each (default operator)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite existing files (a new CA invalidates every certificate it issued)",
-    )
-    p.set_defaults(func=_certs)
-
-
-def _split(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _certs(args: argparse.Namespace) -> int:
-    try:
-        m = write_deployment_material(
-            args.out_dir,
-            hosts=_split(args.hosts),
-            nodes=_split(args.nodes),
-            operators=_split(args.operators),
-            force=args.force,
-        )
-    except PkiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"CA                 {m.ca_cert} (key {m.ca_key}: keep offline)")
-    print(f"SuperLink TLS      {m.tls_cert}, {m.tls_key} for {args.hosts}")
-    for name in m.supernode_keys:
-        print(
-            f"SuperNode {name:8s} {m.supernode_keys[name]} (private, stays on the node), "
-            f"{m.supernode_pubs[name]} (register)"
-        )
-    for name in m.operator_keys:
-        print(f"operator {name:9s} {m.operator_keys[name]} (private), {m.operators_dir}/{name}.pub")
-    print(f"server signing     {m.signing_key}, {m.signing_pub}")
-    return 0

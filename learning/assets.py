@@ -345,8 +345,11 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest is 3.11+: a device runs Python 3.10 (JetPack 6)
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --- builders: (located sources, empty folder) -> HF folder -------------------------------

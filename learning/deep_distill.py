@@ -96,6 +96,8 @@ def deep_distill_loss(
     student_qkv: dict[str, list[torch.Tensor]] | None = None,
     teacher_qkv: dict[str, list[torch.Tensor]] | None = None,
     relation_heads: int | None = None,
+    hidden_pool: str = "tokens",
+    teacher_attention_mask: torch.Tensor | None = None,
 ) -> DeepLoss:
     """The weighted loss of the module docstring for one batch.
 
@@ -112,11 +114,17 @@ def deep_distill_loss(
     temperature : float
         ``T`` of the KD term.
     attention_mask : torch.Tensor, shape (B, L), optional
-        The batch's, shared by both models (the intermediate terms need one tokenisation).
+        The batch's, shared by both models (the intermediate terms need one tokenisation), except for the
+        hidden term with ``hidden_pool="mean"``, where it is the student's.
     labels : torch.Tensor of int, shape (B,), optional
         Needed where ``weights.ce > 0``.
     student_qkv, teacher_qkv : dicts of :func:`capture_qkv`, optional
         Needed where ``weights.relation > 0``, with ``relation_heads``.
+    hidden_pool : {"tokens", "mean"}
+        ``pool`` of :func:`~nebula.learning.deep_losses.hidden_state_loss`: ``"mean"`` compares mean-pooled
+        hidden states, for a teacher whose tokeniser differs (MPNet -> MiniLM).
+    teacher_attention_mask : torch.Tensor, shape (B, L'), optional
+        The teacher's own mask where ``hidden_pool="mean"`` (default ``attention_mask``).
 
     Returns
     -------
@@ -134,7 +142,13 @@ def deep_distill_loss(
     if weights.hidden > 0:
         s_hidden, t_hidden = _needs(student_out, teacher_out, "hidden_states", "hidden")
         terms["hidden"] = hidden_state_loss(
-            s_hidden, t_hidden, mapping, projection=projection, attention_mask=attention_mask
+            s_hidden,
+            t_hidden,
+            mapping,
+            projection=projection,
+            attention_mask=attention_mask,
+            pool=hidden_pool,
+            teacher_attention_mask=teacher_attention_mask,
         )
     if weights.attention > 0:
         s_attn, t_attn = _needs(student_out, teacher_out, "attentions", "attention")

@@ -121,15 +121,22 @@ def fit(
     pad = _pad_id(model)
     model.train()
     losses, steps = [], 0
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            batch = order[start : start + batch_size]
-            batch_loss = _optimizer_step(model, opt, data, batch, pad=pad, micro_batch_size=micro_batch_size, **loss)
-            steps += 1
-            losses.append(batch_loss)
-            if on_step is not None:
-                on_step(steps, batch_loss)
+    # Dropout draws from torch's global generator: seeded here, inside a fork that restores it afterwards, so a
+    # fit depends on its own seed only, not on what ran before in the process (a simulation worker serves several
+    # clients in turn). Deterministic rounds rest on it (tests/simulation/test_isolated_forgetting.py).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                batch_loss = _optimizer_step(
+                    model, opt, data, batch, pad=pad, micro_batch_size=micro_batch_size, **loss
+                )
+                steps += 1
+                losses.append(batch_loss)
+                if on_step is not None:
+                    on_step(steps, batch_loss)
     return FitResult(steps, float(np.mean(losses)), n * epochs)
 
 

@@ -1,18 +1,20 @@
 """Nebula ServerApp: discover the nodes, run the rounds, finish.
 
-Deployment (``flwr run``): the run config holds ``preset`` and ``overrides``, a string of
-space-separated ``section.field=value`` pairs (``flwr run . CONN --run-config 'preset="smoke"
-overrides="federation.rounds=1 data.num_clients=2"'``). Flower 1.41 refuses a ``--run-config``
-key that pyproject's ``[tool.flwr.app.config]`` does not declare, and declaring every field there
-would override the preset's values, hence one string. Simulation passes a parsed config to
-:func:`build_server_app`.
+The run config holds two keys, ``preset`` and ``overrides`` (pyproject.toml's
+``[tool.flwr.app.config]``): a preset's name and a string of space-separated
+``section.field=value`` pairs over it, e.g. ``flwr run . CONN --run-config 'preset="smoke"
+overrides="federation.rounds=1 data.num_clients=2"'``. It is the one spelling for every way a
+federation starts: ``flwr run`` by hand, ``nebula simulate`` (simulation/engine.py writes it with
+:func:`run_config_for`) and ``nebula deploy``. Flower 1.41 refuses a ``--run-config`` key that
+``[tool.flwr.app.config]`` does not declare, and declaring every field there would override the
+preset's values, hence one string.
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -22,6 +24,9 @@ from nebula.common.presets import preset_config
 from nebula.server.federation import Federation
 
 log = logging.getLogger(__name__)
+
+RUN_CONFIG_KEYS = ("preset", "overrides")  # pyproject.toml, [tool.flwr.app.config]
+BASE_PRESET = "quick"  # what a run config without ``preset`` starts from
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -43,30 +48,34 @@ def parse_overrides(text: str) -> dict[str, str]:
     return pairs
 
 
-def config_from_run_config(run_config: dict) -> NebulaConfig:
-    """The preset, then flat ``section.field`` keys of the run config, then ``overrides``."""
-    flat = dict(run_config)
-    preset = str(flat.pop("preset", "quick"))
-    overrides = parse_overrides(str(flat.pop("overrides", "")))
-    return preset_config(preset, {**flat, **overrides})
+def format_overrides(pairs: Mapping[str, object]) -> str:
+    """The inverse of :func:`parse_overrides`: ``section.field=value`` pairs, values quoted where needed."""
+    return " ".join(f"{key}={shlex.quote(str(value))}" for key, value in pairs.items())
 
 
-def build_server_app(
-    config: NebulaConfig | None = None,
-    *,
-    on_round: Callable[[dict], None] | None = None,
-    on_done: Callable[[list[dict]], None] | None = None,
-) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else config_from_run_config(dict(context.run_config))
-        history = Federation(grid, cfg, on_round=on_round).run()
-        if on_done is not None:
-            on_done(history)
-
-    return app
+def config_from_run_config(run_config: Mapping) -> NebulaConfig:
+    """The preset, then ``overrides``; a key other than ``preset`` and ``overrides`` is a ConfigError."""
+    unknown = sorted(set(run_config) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"run config keys {unknown}: the run config holds only {' and '.join(RUN_CONFIG_KEYS)}; "
+            "put section.field=value pairs in overrides"
+        )
+    overrides = parse_overrides(str(run_config.get("overrides", "")))
+    return preset_config(str(run_config.get("preset", BASE_PRESET)), overrides)
 
 
-app = build_server_app()
+def run_config_for(config: NebulaConfig) -> dict[str, str]:
+    """The run config that :func:`config_from_run_config` reads back as ``config``: the base preset and
+    the fields that differ from it."""
+    base = preset_config(BASE_PRESET).to_flat()
+    changed = {key: value for key, value in config.to_flat().items() if value != base[key]}
+    return {"preset": BASE_PRESET, "overrides": format_overrides(changed)}
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    Federation(grid, config_from_run_config(dict(context.run_config))).run()

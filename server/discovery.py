@@ -41,7 +41,9 @@ class Cohort:
         """Leave out the clients ``client_ids`` names (forgotten by an unlearning request), logging each."""
         for node_id, info in list(self.clients.items()):
             if info.client_id in client_ids:
-                log.warning("%s: %s was forgotten by an unlearning request; not selected", when, info.client_id)
+                log.warning(
+                    "%s: %s is forgotten or excluded (federation.exclude_clients); not selected", when, info.client_id
+                )
                 del self.clients[node_id]
 
 

@@ -10,7 +10,9 @@ Rules the operator should know:
 * with fewer than ``federation.min_replies`` valid replies a round is not aggregated and
   the next round sends no targets (clients still revisit their data);
 * if the teacher fails, the consensus itself becomes next round's targets and the round
-  is marked ``teacher_ok = false``;
+  is marked ``teacher_ok = false`` (``teacher_error`` in the metrics says why); before it teaches
+  again, a teacher that failed or whose node restarted restores its last checkpoint and the
+  consensus gathered so far (server/teacher_link.py);
 * a round is finished when the ledger holds the targets it produced; with
   ``federation.resume`` a restarted server continues the last run from there (server/resume.py).
 """
@@ -33,7 +35,7 @@ from nebula.common.config import NebulaConfig
 from nebula.common.messages import Envelope, FinishRequest, RoundReply, RoundRequest
 from nebula.common.run_folder import RunFolder
 from nebula.server.aggregation import get_rule
-from nebula.server.consensus import round_consensus
+from nebula.server.consensus import federation_log_prior, round_consensus
 from nebula.server.discovery import Cohort, discover, registered_nodes, wait_for_nodes
 from nebula.server.exceptions import ReplyRejected
 from nebula.server.exchange import send_and_receive
@@ -42,8 +44,10 @@ from nebula.server.ledger import Contribution, Ledger
 from nebula.server.live_unlearning import LiveUnlearning, unlearned_states_dir
 from nebula.server.metrics_log import MetricsLog
 from nebula.server.replies import NodeInfo, check_logits, read_reply
-from nebula.server.resume import resume_point
-from nebula.server.teacher_link import RestorePlan, TeacherLink, TeachOutcome
+from nebula.server.reputation import Reputation
+from nebula.server.resume import gathered_consensus, resume_point
+from nebula.server.teacher_link import RestorePlan, TeacherLink, TeachOutcome, node_activation
+from nebula.server.tracking import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +66,15 @@ class RoundReport:
     clients_wait_seconds: float = 0.0  # wall time of the clients' exchange (send to last reply or timeout)
     teacher_wait_seconds: float = 0.0  # wall time of the teacher's exchange
     teacher_checkpoint: str = ""  # the checkpoint folder the teacher reports it wrote, relative to the run folder
+    teacher_error: str = ""  # why the teacher failed the round ("" if it did not, or was not asked)
+    reputation: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> agreement, score, trust
 
     def add_teacher(self, outcome: TeachOutcome | None) -> None:
         """Record how teaching the round went (None: the round was not aggregated)."""
         if outcome is not None:
             self.teacher_ok, self.teacher_metrics = outcome.ok, outcome.metrics
             self.teacher_wait_seconds, self.teacher_checkpoint = outcome.wait_seconds, outcome.checkpoint
+            self.teacher_error = outcome.error
 
     def summary(self) -> dict:
         accs = [m["acc_global"] for m in self.client_metrics.values() if "acc_global" in m]
@@ -96,7 +103,9 @@ class RoundReport:
             "teacher_wait_seconds": self.teacher_wait_seconds,
             "teacher_seconds": self.teacher_metrics.get("seconds"),
             "teacher_checkpoint": self.teacher_checkpoint,
+            "teacher_error": self.teacher_error,
             "clients": self.client_metrics,
+            "reputation": self.reputation,
         }
 
 
@@ -107,15 +116,24 @@ class Federation:
         self.grid, self.config = grid, config
         self.folder = RunFolder(Path(config.federation.output_dir))
         self.folder.root.mkdir(parents=True, exist_ok=True)
+        # First: without the tensorboard package this fails before the ledger is opened.
+        self.tensorboard = TensorBoardLog(self.folder.tensorboard) if config.federation.tensorboard else None
         self.ledger = Ledger(self.folder.ledger)
         self.metrics = MetricsLog(self.folder.metrics)
         self.rule = get_rule(config.federation.aggregation)
+        self.reputation = (
+            Reputation(self.ledger, temperature=config.train.temperature) if config.federation.reputation else None
+        )
         self.run_id = uuid.uuid4().hex[:12]
         self.on_round = on_round or (lambda summary: None)
         self.envelope = Envelope(config, config.data.num_clients, str(self.folder.root))
         self.live = LiveUnlearning(config, self.folder, self.ledger) if config.federation.unlearn_key else None
         self.cohort: Cohort | None = None
         self.teacher: TeacherLink | None = None
+
+    @property
+    def isolated(self) -> bool:
+        return self.config.federation.isolation == "isolated"
 
     @property
     def class_counts(self) -> list[int]:
@@ -150,7 +168,7 @@ class Federation:
             self._exchange,
             node_ids,
             self.envelope,
-            forgotten=self.ledger.forgotten_clients(),
+            forgotten=self.ledger.forgotten_clients() | cfg.federation.excluded(),
             min_clients=cfg.federation.min_replies,
             identities=identities,
         )
@@ -160,6 +178,8 @@ class Federation:
             num_classes=self.cohort.num_classes,
             temperature=cfg.train.temperature,
             wire_dtype=cfg.federation.wire_dtype,
+            recovery=self._teacher_recovery,
+            activation=lambda: node_activation(self.grid, self.cohort.teacher.node_id),
         )
         if cfg.federation.resume:
             self.run_id = self.ledger.runs()[-1] if self.ledger.runs() else self.run_id  # checked in _resume
@@ -184,6 +204,8 @@ class Federation:
             report, targets = self.run_round(r, targets)
             summary = report.summary()
             self.metrics.append({"run_id": self.run_id, **summary})
+            if self.tensorboard is not None:
+                self.tensorboard.write(summary)
             history.append(summary)
             self.on_round(summary)
         self.finish()
@@ -195,7 +217,10 @@ class Federation:
         clients start from it (an inference node cannot load weights: it answers from its export)."""
         cfg = self.config
         student = None
-        if (
+        counts = tuple(self.cohort.class_counts)
+        if self.isolated:  # nothing another client shaped reaches this one: no targets, no student, a uniform prior
+            targets, counts = None, (1,) * len(counts)
+        elif (
             cfg.federation.client_init == "global-student"
             and info.model == cfg.model.student
             and info.role != keys.ROLE_INFERENCE
@@ -205,7 +230,7 @@ class Federation:
             self.envelope,
             r,
             ids,
-            tuple(self.cohort.class_counts),
+            counts,
             targets,
             student,
             cfg.model.student if student is not None else "",
@@ -235,7 +260,7 @@ class Federation:
             out.metrics[info.client_id] = answer.metrics
         for node_id in set(replies) - set(self.cohort.clients):
             log.warning("round %d: reply from unknown node %s ignored", r, node_id)
-        return out
+        return out.in_client_order()
 
     def run_round(self, r: int, targets: bytes | None) -> tuple[RoundReport, bytes | None]:
         t0, cfg = time.perf_counter(), self.config
@@ -254,6 +279,10 @@ class Federation:
         report.bytes_up_per_client = float(np.mean([len(c.payload) for c in got.accepted])) if got.accepted else 0.0
         report.bytes_down_per_client = float(np.mean([_payload_bytes(m) for m in sent]))
         support = np.array([self.cohort.clients[c.node_id].label_counts for c in got.accepted], dtype=float)  # (K, C)
+        trust = None
+        if self.reputation is not None:  # server/reputation.py: trust from agreement across rounds
+            judged = self.reputation.assess(self.run_id, r, [c.client_id for c in got.accepted], got.logits)
+            trust, report.reputation = judged.trust, judged.table
         consensus, why_not = round_consensus(
             got.logits,
             [c.weight for c in got.accepted],
@@ -261,6 +290,8 @@ class Federation:
             temperature=cfg.train.temperature,
             min_replies=cfg.federation.min_replies,
             support=support,
+            trust=trust,
+            log_prior=federation_log_prior(self.cohort.class_counts) if self.isolated else None,
         )  # (N, C) or None
         if consensus is None:
             log.warning("round %d: %s; not aggregated", r, why_not)
@@ -273,12 +304,24 @@ class Federation:
             consensus_ids=ids if consensus is not None else None,
             consensus=consensus,
         )
-        outcome = self.teacher.teach(self.envelope, r, ids, consensus) if consensus is not None else None
+        # The teacher learns the consensus exactly as the ledger keeps it (float32), so that a replay from the
+        # ledger (server/unlearning/replay.py) repeats its rounds bit for bit.
+        stored = consensus.astype(np.float32).astype(np.float64) if consensus is not None else None
+        outcome = self.teacher.teach(self.envelope, r, ids, stored) if stored is not None else None
         report.add_teacher(outcome)
         next_targets = outcome.targets if outcome is not None else None
         self.ledger.record_targets(self.run_id, r, next_targets, teacher_ok=report.teacher_ok)
         report.seconds = time.perf_counter() - t0
         return report, next_targets
+
+    def _teacher_recovery(self, r: int) -> RestorePlan:
+        """What the teacher restores before round ``r``'s teaching when it is out of step (server/teacher_link.py):
+        the checkpoint of the last round it was taught (or the unlearned states made after it) and the consensus
+        of every round before ``r``, those it missed included."""
+        taught = max((k for k, (_, ok) in self.ledger.finished_rounds(self.run_id).items() if ok and k < r), default=0)
+        ids, probs = gathered_consensus(self.ledger, self.run_id, up_to=r - 1)
+        states_dir = unlearned_states_dir(self.folder, self.run_id, checkpoint_round=taught or None)
+        return RestorePlan(taught, ids, probs, states_dir=states_dir)
 
     # -- resume after a restart (server/resume.py) -------------------------------------
     def _resume(self) -> tuple[int, bytes | None]:
@@ -363,6 +406,14 @@ class RoundReplies:
     rejected: dict[str, str] = field(default_factory=dict)  # client id -> reason
     rejected_nodes: dict[str, int] = field(default_factory=dict)  # client id -> node id
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def in_client_order(self) -> RoundReplies:
+        """The accepted contributions sorted by client id, the ledger's order: the consensus is then summed in the
+        same order here and when unlearning recomputes it, whatever order the nodes were discovered in."""
+        order = sorted(range(len(self.accepted)), key=lambda i: self.accepted[i].client_id)
+        self.accepted = [self.accepted[i] for i in order]
+        self.logits = [self.logits[i] for i in order]
+        return self
 
 
 def _payload_bytes(msg: Message) -> int:

@@ -304,6 +304,29 @@ class Ledger:
             raise LedgerError(f"run {run_id} is not in the ledger {self.path}")
         return json.loads(row[0])
 
+    def content_digest(self, run_id: str) -> str:
+        """SHA-256 over what ``run_id`` learned, in a canonical order: contributions, rejections,
+        consensus, targets and label counts, without wall-clock times, node ids (Flower draws them at random
+        in simulation) or the run id. Two runs of the same seed and configuration must give the same digest
+        (deterministic rounds, simulation/fingerprint.py)."""
+        queries = (
+            "SELECT round, client_id, public_ids, payload, weight FROM contributions WHERE run_id = ?"
+            " ORDER BY round, client_id",
+            "SELECT round, client_id, reason FROM rejections WHERE run_id = ? ORDER BY round, client_id, reason",
+            "SELECT round, rule, public_ids, probs, num_classes, contributors FROM consensus WHERE run_id = ?"
+            " ORDER BY round",
+            "SELECT round, targets, teacher_ok FROM round_targets WHERE run_id = ? ORDER BY round",
+            "SELECT client_id, label_counts FROM clients WHERE run_id = ? ORDER BY client_id",
+        )
+        digest = hashlib.sha256()
+        for sql in queries:
+            for row in self._db.execute(sql, (run_id,)):
+                for value in row:
+                    raw = bytes(value) if isinstance(value, bytes | memoryview) else repr(value).encode()
+                    digest.update(len(raw).to_bytes(8, "little") + raw)
+            digest.update(b"|")
+        return digest.hexdigest()
+
     def runs(self) -> list[str]:
         """Run ids, oldest first (the last one is the run whose checkpoints a run folder holds)."""
         return [run for (run,) in self._db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id")]

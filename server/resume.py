@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nebula.common.config import NebulaConfig
 from nebula.common.probabilities import gather_consensus
 from nebula.server.exceptions import ResumeError
 from nebula.server.ledger import Ledger
@@ -39,8 +40,10 @@ MAY_DIFFER = frozenset(
         "federation.rounds",
         "federation.reply_timeout",
         "federation.faults",
+        "federation.adversaries",  # simulated attacks, like faults (client/adversary.py)
         "federation.output_dir",
         "federation.node_registry",
+        "federation.tensorboard",  # tracking only
     }
 )
 
@@ -71,8 +74,12 @@ def resume_point(ledger: Ledger, flat_config: dict) -> ResumePoint:
         raise ResumeError(f"federation.resume is set but the ledger {ledger.path} holds no run to resume")
     run_id = runs[-1]
     stored = ledger.run_config(run_id)
+    # A key the stored configuration lacks is a setting added after the run started: the run had its default.
+    defaults = NebulaConfig().to_flat()
     differ = sorted(
-        k for k in set(stored) | set(flat_config) if k not in MAY_DIFFER and stored.get(k) != flat_config.get(k)
+        k
+        for k in set(stored) | set(flat_config)
+        if k not in MAY_DIFFER and stored.get(k, defaults.get(k)) != flat_config.get(k, defaults.get(k))
     )
     if differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} -> {flat_config.get(k)!r}" for k in differ[:5])

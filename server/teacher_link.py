@@ -3,12 +3,20 @@
 The teacher answers refined targets (the next round's) and the global student's trainable state,
 which the server checks (finite, same tensor names and shapes as before) before passing it on to
 the clients. If the teacher cannot answer a round, the consensus itself becomes the next targets.
+
+A teacher node keeps what it learned between rounds in its SuperNode's memory (Flower's context
+state), so a teacher that failed a round, or whose SuperNode was started again since its last good
+answer (a later activation time on the SuperLink), may hold none of it, or more than the ledger
+says it learned. Before its next teaching it restores (:class:`RestorePlan`, built by the server
+from the ledger) the checkpoint of the last round it was taught and the consensus gathered so far;
+if it cannot, that round too goes on with the consensus as its targets, and the next one tries again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +41,7 @@ class TeachOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     wait_seconds: float = 0.0
     checkpoint: str = ""  # the checkpoint folder the teacher reports it wrote ("" if it failed)
+    error: str = ""  # why the teacher failed the round ("" if it did not)
 
 
 @dataclass(frozen=True)
@@ -52,28 +61,71 @@ class RestorePlan:
         return "its own states" if self.keep_states else f"round {self.restore_round}'s checkpoint"
 
 
+Recovery = Callable[[int], RestorePlan]  # round r -> what a teacher out of step restores before r's teaching
+
+
 class TeacherLink:
-    """Messages to and from the teacher node ``teacher``; holds the last accepted global student."""
+    """Messages to and from the teacher node ``teacher``; holds the last accepted global student.
+
+    ``recovery`` (round -> :class:`RestorePlan`) is what the teacher restores before teaching when it is out
+    of step (see the module docstring); without it, it is taught as it is. ``activation`` answers when the
+    teacher's SuperNode was last activated ("" when it is not online); without it, only a failed round puts
+    the teacher out of step.
+    """
 
     def __init__(
-        self, exchange: Exchange, teacher: NodeInfo, *, num_classes: int, temperature: float, wire_dtype: str
+        self,
+        exchange: Exchange,
+        teacher: NodeInfo,
+        *,
+        num_classes: int,
+        temperature: float,
+        wire_dtype: str,
+        recovery: Recovery | None = None,
+        activation: Callable[[], str] | None = None,
     ) -> None:
         self.exchange, self.teacher, self.num_classes = exchange, teacher, num_classes
         self.temperature, self.wire_dtype = temperature, wire_dtype
+        self.recovery, self.activation = recovery, activation
         self.student_state: dict[str, np.ndarray] | None = None  # the global student, sent to same-model clients
+        self.lost = ""  # why the teacher's state is not the one the ledger describes ("" when it is)
+        self.activated: str | None = None  # its SuperNode's activation time at its last good answer
 
     def _ask(self, request) -> Message | None:
         msg = Message(request.to_record(), dst_node_id=self.teacher.node_id, message_type=request.TYPE)
         return self.exchange([msg]).get(self.teacher.node_id)
 
-    def teach(self, envelope: Envelope, r: int, ids: np.ndarray, consensus: np.ndarray) -> TeachOutcome:
-        """Hand round ``r``'s consensus ``(N, C)`` on public ``ids`` to the teacher; its refined logits are next
-        round's targets, or the consensus itself (scaled by T) if the teacher fails."""
-        sent = log_probs(consensus)  # (N, C)
-        t_send = time.perf_counter()
-        reply = self._ask(TeachRequest(envelope, r, encode_logits(ids, sent, dtype="float32")))
-        wait = time.perf_counter() - t_send
+    def _stamp(self) -> str | None:
+        return self.activation() if self.activation is not None else None
+
+    def _out_of_step(self, stamp: str | None) -> str:
+        """Why the teacher must restore before it is taught again ("" if it need not)."""
+        if self.lost:
+            return self.lost
+        if stamp is not None and self.activated is not None and stamp != self.activated:
+            return f"its SuperNode was started again (activated {stamp or 'not online'}, before {self.activated})"
+        return ""
+
+    def _recover(self, envelope: Envelope, r: int, why: str) -> None:
+        """Restore the teacher before round ``r``'s teaching; ReplyRejected if it cannot."""
+        plan = self.recovery(r)
+        log.warning("round %d: the teacher is out of step (%s); it restores %s first", r, why, plan.describe())
         try:
+            self.restore(envelope, plan, next_round=r)
+        except ResumeError as exc:
+            raise ReplyRejected(client="teacher", round_index=r, reason=str(exc)) from None
+        log.info("round %d: the teacher restored %s", r, plan.describe())
+
+    def teach(self, envelope: Envelope, r: int, ids: np.ndarray, consensus: np.ndarray) -> TeachOutcome:
+        """Hand round ``r``'s consensus ``(N, C)`` on public ``ids`` to the teacher (restored first if it is out
+        of step); its refined logits are next round's targets, or the consensus itself (scaled by T) if it fails."""
+        sent = log_probs(consensus)  # (N, C)
+        t_send, stamp = time.perf_counter(), self._stamp()
+        why = self._out_of_step(stamp)
+        try:
+            if why and self.recovery is not None:
+                self._recover(envelope, r, why)
+            reply = self._ask(TeachRequest(envelope, r, encode_logits(ids, sent, dtype="float32")))
             answer = read_reply(reply, TeachReply, who="teacher", round_index=r)
             check_logits(
                 answer.refined,
@@ -85,12 +137,13 @@ class TeacherLink:
             )
         except ReplyRejected as exc:
             log.error("%s; the consensus itself becomes next round's targets", exc)
+            self.lost = f"it failed round {r}: {exc.reason}"
             # Scaled by T so that the clients' softmax(z / T) gives back the consensus.
-            return TeachOutcome(
-                encode_logits(ids, sent * self.temperature, dtype=self.wire_dtype), False, wait_seconds=wait
-            )
+            targets = encode_logits(ids, sent * self.temperature, dtype=self.wire_dtype)
+            return TeachOutcome(targets, False, wait_seconds=time.perf_counter() - t_send, error=exc.reason)
         self.keep_student(answer.student, r)
-        return TeachOutcome(answer.refined, True, answer.metrics, wait, answer.checkpoint)
+        self.lost, self.activated = "", stamp
+        return TeachOutcome(answer.refined, True, answer.metrics, time.perf_counter() - t_send, answer.checkpoint)
 
     def restore(self, envelope: Envelope, plan: RestorePlan, *, next_round: int) -> bytes | None:
         """The teacher restores ``plan``; returns its logits on ``plan.query_ids`` (checked), if asked.
@@ -112,6 +165,7 @@ class TeacherLink:
             ) from None
         if plan.restore_round or plan.states_dir:
             self.keep_student(answer.student, plan.restore_round)
+        self.lost, self.activated = "", self._stamp()
         if plan.query_ids is None:
             return None
         if answer.refined is None:
@@ -141,3 +195,12 @@ class TeacherLink:
             log.error("round %d: %s; clients keep the previous one", r, problem)
             return
         self.student_state = state
+
+
+def node_activation(grid, node_id: int) -> str | None:
+    """When the SuperLink last activated node ``node_id`` ("" when it is not online); None from a grid that does
+    not say (a scripted test's). Simulation's grid has no activation times: always ""."""
+    get_nodes = getattr(grid, "get_nodes", None)
+    if get_nodes is None:
+        return None
+    return next((str(n.last_activated_at or "") for n in get_nodes() if n.node_id == node_id), "")

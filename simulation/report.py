@@ -74,7 +74,7 @@ def baseline_row(b: BaselineResult) -> dict:
         "mean client F1": b.mean_client_f1,
         "min client": b.min_client_acc,
         "client own-split acc": b.mean_client_acc_own,
-        "teacher": None,
+        "teacher": b.teacher_acc,
         "teacher F1": None,
         "global student": b.student_acc,
         "global student F1": b.student_f1,

@@ -36,13 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
+from nebula.common.canary import Canary, triggered
 from nebula.common.config import NebulaConfig
 from nebula.common.run_folder import RunFolder
 from nebula.server.unlearning.fast_correction import CorrectionBudget
+from nebula.simulation.unlearning_levels import level_summary
 
 log = logging.getLogger(__name__)
 
 ORIGINAL, RETRAINED, RETRAINED_AGAIN = "original", "retrained", "retrained-again"
+CANARY_SET = "canary"  # the evaluator's set of triggered test inputs (data.canary)
 ORDER = (
     "purge",
     "reaggregate",
@@ -72,6 +75,7 @@ class BenchmarkResult:
     table: str
     seconds: dict[str, float] = field(default_factory=dict)
     certificates: dict[str, str] = field(default_factory=dict)  # mode -> certificate path
+    summary: dict = field(default_factory=dict)  # simulation/unlearning_levels.py: the per-mode figures
 
 
 def client_with_most_data(config: NebulaConfig) -> str:
@@ -173,6 +177,11 @@ class _Evaluator:
             "test": self.data.test,
         }
         self.labels = {name: self.data.labels(idx) for name, idx in self.index.items()}
+        self.texts = {name: self.data.texts(idx) for name, idx in self.index.items()}
+        self.canary = Canary.parse(config.data.canary)
+        if self.canary is not None:  # the test inputs of other classes, with the trigger (common/canary.py)
+            keep = self.index["test"][self.labels["test"] != self.canary.target]
+            self.texts[CANARY_SET] = [triggered(t) for t in self.data.texts(keep)]
         self._cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     def logits(self, folder: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -196,10 +205,9 @@ class _Evaluator:
                 load_trainable_state(learner.model, state)
                 self._cache[key] = {
                     s: predict_logits(
-                        learner.model,
-                        encode(learner.tokenizer, self.data.texts(idx), max_length=self.config.data.max_length),
+                        learner.model, encode(learner.tokenizer, texts, max_length=self.config.data.max_length)
                     )
-                    for s, idx in self.index.items()
+                    for s, texts in self.texts.items()
                 }
             out[name] = self._cache[key]
         return out
@@ -258,8 +266,9 @@ def run_benchmark(
         f"original took {seconds[ORIGINAL]:.0f} s)."
     )
     text = header + "\n\n" + table
-    _write_results(bench.out, client, sizes, seconds, rows, certificates, text, bench.config)
-    return BenchmarkResult(client, rows, text, seconds, {m: str(p) for m, p in certificates.items()})
+    summary = level_summary(folders, logits, rows, certificates, seconds, canary=evaluator.canary)
+    _write_results(bench.out, client, sizes, seconds, rows, certificates, text, bench.config, summary)
+    return BenchmarkResult(client, rows, text, seconds, {m: str(p) for m, p in certificates.items()}, summary)
 
 
 def _write_results(
@@ -271,6 +280,7 @@ def _write_results(
     certificates: dict,
     text: str,
     config: NebulaConfig,
+    summary: dict,
 ) -> None:
     """The benchmark's files: ``unlearning.md`` (caption and table) and ``unlearning.json``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -284,6 +294,7 @@ def _write_results(
                 "rows": rows,
                 "certificates": {m: str(p) for m, p in certificates.items()},
                 "config": config.to_flat(),
+                "summary": summary,
             },
             indent=2,
             default=float,

@@ -1,7 +1,15 @@
 """Export report: what the package costs and what it loses against its PyTorch sources.
 
-Measured on a dataset's global test set (the split rule of the federation, so ``tweets`` with
-``test_size=500, seed=0`` is the test set of ``nebula simulate``):
+Measured on a held-out test set (:class:`EvalSplit`), chosen by :func:`choose_split`:
+
+- the run's own global test split, when the exported adapter lies in a run folder (``<run>/models/...``,
+  ``<run>/clients/<id>/adapter``, ``<run>/unlearning/<request>/models/...``): rebuilt from the
+  configuration its ledger stored for the last run, exactly as the federation drew it;
+- otherwise a split of its own: ``dataset``'s first ``test_size`` examples under ``seed``, by the same
+  rule (so ``tweets`` with ``test_size=500, seed=0`` is the test set of a default ``nebula simulate``).
+
+The report says which one it used (``test.split``: ``run`` or ``dataset``, and a sentence above the table).
+What it measures:
 
 - size on disk of the package, and of the fp32 source weights (base model file(s) + adapter) of
   the student and of each teacher;
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +40,8 @@ import numpy as np
 from nebula.client.runtime.package import pad_batch
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
-REPORT_FILES = ("export-report.md", "export-report.json")  # written into the package, not counted in its size
+REPORT_FILES = ("export-report.md", "export-report.json")
+_AGREEMENT = ("top1_agreement", "max_abs_logit_diff")  # written into the package, not counted in its size
 TARGETS = {"smaller_x": 25.0, "accuracy_kept": 0.97, "batch1_faster_x": 10.0}
 
 
@@ -42,10 +52,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Top-1 agreement and max |a - b| of two (N, C) logit arrays."""
     if a.shape != b.shape:
         raise ValueError(f"logit shapes differ: {a.shape} vs {b.shape}")
-    return {
-        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-        "max_abs_logit_diff": float(np.max(np.abs(a - b))),
-    }
+    return dict(zip(_AGREEMENT, (float(np.mean(a.argmax(1) == b.argmax(1))), float(np.max(np.abs(a - b))))))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -138,9 +145,10 @@ def _torch_side(
 def build_report(
     package_dir: str | Path,
     *,
-    dataset: str,
+    dataset: str | None = None,
     test_size: int = 500,
     seed: int = 0,
+    split: EvalSplit | None = None,
     student_adapter: str | Path | None = None,
     teacher_adapters: Sequence[str | Path] = (),
     threads: int = 1,
@@ -152,9 +160,11 @@ def build_report(
     ----------
     package_dir : str or Path
         Export folder.
-    dataset : str
-        Dataset whose global test split is measured (:func:`nebula.common.data.split_dataset` with
-        ``test_size`` and ``seed``, as the federation splits it).
+    dataset, test_size, seed : str, int, int
+        The fallback test split (:func:`dataset_split`), used only where the student adapter is not in a run
+        folder (:func:`choose_split`); ``dataset`` may be None when it is.
+    split : EvalSplit, optional
+        Measure on exactly this split instead (a benchmark's own held-out set).
     student_adapter : str or Path, optional
         The PyTorch reference; default: the manifest's ``source_adapter``.
     teacher_adapters : sequence of str or Path
@@ -168,37 +178,37 @@ def build_report(
     Returns
     -------
     dict
-        JSON-ready: ``package``, ``test`` (dataset, size, share of texts outside a pruned vocabulary),
-        ``timing``, ``rows`` (one per model: size, accuracy, agreement with the package, latency) and
-        ``against_teachers`` (:func:`against_teacher` for each teacher row).
+        JSON-ready: ``package``, ``test`` (which split, dataset, size, share of texts outside a pruned
+        vocabulary), ``timing``, ``rows`` (one per model: size, accuracy, agreement with the package, latency)
+        and ``against_teachers`` (:func:`against_teacher` for each teacher row).
     """
     from nebula.client.runtime.errors import ExportError
     from nebula.client.runtime.predictor import EdgePredictor
 
-    texts, labels, num_classes = _test_set(dataset, test_size=test_size, seed=seed)
     predictor = EdgePredictor(package_dir, intra_op_threads=threads)
     manifest = predictor.manifest
-    if len(manifest.labels) != num_classes:
-        raise ExportError(f"{package_dir}: the package has {len(manifest.labels)} classes, {dataset} has {num_classes}")
-    logits, export_row = _export_row(predictor, package_dir, texts, labels, repeats=repeats)
-    references = _references(student_adapter or manifest.source_adapter, teacher_adapters)
-    rows = [export_row] + [
-        _reference_row(
-            name, adapter, texts, labels, logits, max_length=manifest.max_length, threads=threads, repeats=repeats
+    student_adapter = student_adapter or manifest.source_adapter
+    if split is None:
+        split = choose_split(student_adapter, dataset=dataset, test_size=test_size, seed=seed)
+    if len(manifest.labels) != split.num_classes:
+        raise ExportError(
+            f"{package_dir}: the package has {len(manifest.labels)} classes, the test set ({split.source['dataset']}) "
+            f"{split.num_classes}"
         )
-        for name, adapter in references
+    logits, first = export_row(predictor, package_dir, split.texts, split.labels, repeats=repeats)
+    rows = [first] + [
+        reference_row(name, adapter, split, logits, max_length=manifest.max_length, threads=threads, repeats=repeats)
+        for name, adapter in _references(student_adapter, teacher_adapters)
     ]
     return {
-        **_context(predictor, package_dir, texts, dataset=dataset, seed=seed, threads=threads, repeats=repeats),
+        **_context(predictor, package_dir, split, threads=threads, repeats=repeats),
         "rows": rows,
         "against_teachers": [against_teacher(rows[0], row) for row in rows[2:]],
     }
 
 
-def _context(
-    predictor, package_dir: str | Path, texts: Sequence[str], *, dataset: str, seed: int, threads: int, repeats: int
-) -> dict:
-    """The report's context: the ``package``, the ``test`` set and the ``timing`` protocol."""
+def _context(predictor, package_dir: str | Path, split: EvalSplit, *, threads: int, repeats: int) -> dict:
+    """The report's context: the ``package``, the ``test`` set (which split) and the ``timing`` protocol."""
     manifest = predictor.manifest
     return {
         "package": {
@@ -208,10 +218,9 @@ def _context(
             "source_adapter": manifest.source_adapter,
         },
         "test": {
-            "dataset": dataset,
-            "size": len(texts),
-            "seed": seed,
-            "outside_vocabulary": float(np.mean(predictor.outside_vocabulary(texts))),
+            **split.source,
+            "size": len(split.texts),
+            "outside_vocabulary": float(np.mean(predictor.outside_vocabulary(split.texts))),
         },
         "timing": {
             "threads": threads,
@@ -222,19 +231,133 @@ def _context(
     }
 
 
-def _test_set(dataset: str, *, test_size: int, seed: int) -> tuple[list[str], np.ndarray, int]:
-    """The dataset's global test split as the federation draws it: texts, labels and the number of classes."""
-    from nebula.common.data import load_dataset, split_dataset
+# --- the test set ------------------------------------------------------------------------------
 
-    data = load_dataset(dataset)
-    test, _, _ = split_dataset(len(data), test=test_size, public=0, seed=seed)
-    return [data.texts[i] for i in test], data.labels[test], len(data.label_names)
+_RUN_DEPTH = 4  # <run>/unlearning/<request>/models/<name>: the deepest adapter folder of a run folder
 
 
-def _export_row(
+@dataclass(frozen=True)
+class EvalSplit:
+    """The texts a report measures on, their labels and where they come from.
+
+    ``source`` is JSON-ready and goes into the report's ``test``: ``split`` (``run``, ``dataset`` or a
+    caller's own name), ``dataset``, ``test_size``, ``seed``, and a ``description`` the Markdown prints.
+    """
+
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64
+    num_classes: int
+    source: dict
+
+
+def find_run_folder(adapter_dir: str | Path) -> Path | None:
+    """The run folder holding ``adapter_dir``: the nearest of the folder and its parents, up to
+    :data:`_RUN_DEPTH` levels up, that has a ledger (:class:`nebula.common.run_folder.RunFolder`); None if none."""
+    from nebula.common.run_folder import RunFolder
+
+    folder = Path(adapter_dir).expanduser().resolve()
+    for candidate in [folder, *folder.parents][: _RUN_DEPTH + 1]:
+        if RunFolder(candidate).ledger.is_file():
+            return candidate
+    return None
+
+
+def run_split(run_folder: str | Path) -> EvalSplit:
+    """The global test split of the last run in ``run_folder``'s ledger, rebuilt from the configuration the ledger
+    stored (:func:`nebula.common.federation_data.build_federation_data`: the split every node of the run drew).
+
+    Raises
+    ------
+    ExportError
+        The ledger holds no run or an unreadable configuration, or the run's dataset does not load here.
+    """
+    from nebula.client.runtime.errors import ExportError
+    from nebula.common.federation_data import build_federation_data
+    from nebula.common.run_folder import RunFolder
+    from nebula.server.exceptions import LedgerError
+    from nebula.server.ledger import Ledger
+    from nebula.server.unlearning.models import run_of
+
+    folder = RunFolder(Path(run_folder))
+    try:
+        ledger = Ledger(folder.ledger)
+        try:
+            run = run_of(ledger, folder.root)
+        finally:
+            ledger.close()
+        cfg = run.config.data
+        data = build_federation_data(cfg)
+    except (LedgerError, ValueError) as err:  # DatasetError and ConfigError are ValueErrors
+        raise ExportError(f"{folder.root}: cannot rebuild the run's test split ({err})") from None
+    source = {
+        "split": "run",
+        "dataset": cfg.dataset,
+        "test_size": cfg.test_size,
+        "seed": cfg.seed,
+        "run_folder": str(folder.root),
+        "run_id": run.run_id,
+        "description": f"the run's own held-out test split: {cfg.dataset}, {len(data.test)} texts "
+        f"(data.test_size {cfg.test_size}, data.seed {cfg.seed}) of run {run.run_id} in {folder.root}",
+    }
+    return EvalSplit(data.texts(data.test), data.labels(data.test), data.num_classes, source)
+
+
+def dataset_split(dataset: str, *, test_size: int, seed: int, why: str = "") -> EvalSplit:
+    """``dataset``'s global test split as a federation with ``test_size`` and ``seed`` draws it, not a run's own;
+    ``why`` (e.g. no run folder) goes into the description."""
+    from nebula.client.runtime.errors import ExportError
+    from nebula.common.data import DatasetError, load_dataset, split_dataset
+
+    try:
+        data = load_dataset(dataset)
+        test, _, _ = split_dataset(len(data), test=test_size, public=0, seed=seed)
+    except DatasetError as err:
+        raise ExportError(str(err)) from None
+    source = {
+        "split": "dataset",
+        "dataset": dataset,
+        "test_size": test_size,
+        "seed": seed,
+        "description": f"{dataset}, {len(test)} texts (seed {seed}): a split of its own, not a run's test set"
+        + (f" ({why})" if why else ""),
+    }
+    return EvalSplit([data.texts[i] for i in test], data.labels[test], len(data.label_names), source)
+
+
+def choose_split(adapter_dir: str | Path, *, dataset: str | None, test_size: int, seed: int) -> EvalSplit:
+    """The run's own test split where ``adapter_dir`` lies in a run folder (:func:`run_split`), else
+    :func:`dataset_split` of ``dataset``; also that where the run's split cannot be rebuilt (the reason is
+    in the description).
+
+    Raises
+    ------
+    ExportError
+        No run folder (or an unusable one) and no ``dataset``.
+    """
+    from nebula.client.runtime.errors import ExportError
+
+    run_folder = find_run_folder(adapter_dir)
+    why = f"{adapter_dir} is not in a run folder"
+    if run_folder is not None:
+        try:
+            return run_split(run_folder)
+        except ExportError as err:
+            if not dataset:
+                raise
+            why = str(err)
+    if not dataset:
+        raise ExportError(f"{why}: name the dataset whose test split to measure (--dataset)")
+    return dataset_split(dataset, test_size=test_size, seed=seed, why=why)
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def export_row(
     predictor, package_dir: str | Path, texts: Sequence[str], labels: np.ndarray, *, repeats: int
 ) -> tuple[np.ndarray, dict]:
-    """The package's logits on ``texts`` and its report row (size, accuracy, batch-1 / batch-32 latency)."""
+    """The package's logits on ``texts`` and its report row (size, accuracy, batch-1 / batch-32 latency);
+    ``predictor`` is the package's :class:`~nebula.client.runtime.predictor.EdgePredictor`."""
     logits = predictor.predict_logits(texts)
     onnx_latency = {}
     for n, rows in latency_batches(predictor.encode(texts)).items():
@@ -260,28 +383,29 @@ def _references(student_adapter: str | Path, teacher_adapters: Sequence[str | Pa
     return references
 
 
-def _reference_row(
+def reference_row(
     name: str,
-    adapter: str,
-    texts: Sequence[str],
-    labels: np.ndarray,
-    logits: np.ndarray,
+    adapter: str | Path,
+    split: EvalSplit,
+    logits: np.ndarray | None,
     *,
     max_length: int,
     threads: int,
     repeats: int,
 ) -> dict:
-    """The report row of one PyTorch reference (student or teacher), compared with the package's ``logits``."""
+    """The report row of one PyTorch reference (student or teacher) on ``split``, compared with the package's
+    ``logits`` (agreement figures None without them)."""
     from nebula.client.runtime.errors import ExportError
 
-    side = _torch_side(adapter, texts, max_length=max_length, threads=threads, repeats=repeats)
-    if side["logits"].shape != logits.shape:
+    side = _torch_side(str(adapter), split.texts, max_length=max_length, threads=threads, repeats=repeats)
+    if logits is not None and side["logits"].shape != logits.shape:
         raise ExportError(f"{adapter}: {side['logits'].shape[1]} classes, the package has {logits.shape[1]}")
+    compared = agreement(logits, side["logits"]) if logits is not None else dict.fromkeys(_AGREEMENT)
     return {
         "model": name,
         "size_mb": side["size_mb"],
-        "accuracy": accuracy(side["logits"], labels),
-        **agreement(logits, side["logits"]),
+        "accuracy": accuracy(side["logits"], split.labels),
+        **compared,
         "latency_b1_ms": side["latency_ms"][1],
         "latency_b32_ms": side["latency_ms"][32],
     }
@@ -304,7 +428,7 @@ def format_markdown(report: dict) -> str:
     test, timing = report["test"], report["timing"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
-        f"Test set: {test['dataset']}, {test['size']} texts (seed {test['seed']})"
+        f"Test set: {test['description']}"
         + (
             f", {100 * test['outside_vocabulary']:.1f}% with tokens outside the pruned vocabulary"
             if report["package"]["kept_vocab_size"]

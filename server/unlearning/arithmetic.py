@@ -82,6 +82,8 @@ def recompute_consensus(
     temperature: float,
     min_replies: int,
     support: np.ndarray | None = None,
+    log_prior: np.ndarray | None = None,
+    trust: Sequence[float] | None = None,
 ) -> np.ndarray | None:
     """A round's consensus from its remaining contributions, as ``server/federation.py`` computes it.
 
@@ -95,6 +97,8 @@ def recompute_consensus(
     temperature : T of ``softmax(z / T)``.
     min_replies : below this many contributions the federation does not aggregate a round.
     support : (K, C) label counts, or None.
+    log_prior : (C,) the federation's log prior added to the logits (isolated runs), or None.
+    trust : (K,) the contributions' reputation factors (runs with ``federation.reputation``), or None.
 
     Returns
     -------
@@ -105,6 +109,13 @@ def recompute_consensus(
 
     logits = [decode_logits(p, expected_ids=ids, num_classes=num_classes, legacy=True).logits for p in payloads]
     consensus, _ = round_consensus(
-        logits, weights, rule=rule, temperature=temperature, min_replies=max(min_replies, 1), support=support
+        logits,
+        weights,
+        rule=rule,
+        temperature=temperature,
+        min_replies=max(min_replies, 1),
+        support=support,
+        log_prior=log_prior,
+        trust=trust,
     )
     return None if consensus is None else consensus.astype(np.float32)

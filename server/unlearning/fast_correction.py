@@ -140,6 +140,7 @@ def correct(
         "after_round": store.last_finished_round(ctx.ledger, run),
         "method": FastCorrectionMode.name,
         "changed": True,
+        **store.exactness(run, FastCorrectionMode.name),
         "before": before_dir,
         "output": run.relative(run.request_dir(ctx.request_id)),
         "rounds_corrected": rounds,

@@ -217,6 +217,26 @@ def unchanged(run: RunModels, method: str, client_id: str) -> dict[str, Any]:
     }
 
 
+def exactness(run: RunModels, method: str) -> dict[str, Any]:
+    """The certificate's statement of how exact the result is: the run's isolation level and whether the new
+    teacher and global student equal those of a federation run from scratch without the client.
+
+    Exact only for ``exact-replay`` on an ``isolated`` run: there no other client's answers carry the client's
+    influence (they never received targets or a student), so re-aggregating the ledger and replaying the
+    teacher's rounds gives the from-scratch models, bit for bit (tests/simulation/test_isolated_forgetting.py).
+    In a ``collaborative`` run the other clients' stored answers were shaped by targets the client influenced.
+    """
+    isolation = run.config.federation.isolation
+    exact = method == "exact-replay" and isolation == "isolated"
+    if exact:
+        why = "isolated run: the remaining answers never saw the client; the ledger's rounds were replayed"
+    elif isolation == "isolated":
+        why = f"{method} approximates the retrained models; exact-replay would be exact on this isolated run"
+    else:
+        why = "collaborative run: the other clients' stored answers digested targets the client shaped"
+    return {"isolation": isolation, "exact": exact, "exactness": why}
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

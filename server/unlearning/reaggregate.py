@@ -24,10 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from nebula.common.config import ConfigError, NebulaConfig
 from nebula.server.aggregation import get_rule
+from nebula.server.consensus import federation_log_prior
 from nebula.server.exceptions import LedgerError
 from nebula.server.ledger import ConsensusRevision
+from nebula.server.reputation import Reputation
 from nebula.server.unlearning.arithmetic import consensus_sha256, recompute_consensus, support_matrix
 from nebula.server.unlearning.base import UnlearnContext, UnlearnMode, UnlearnOutcome
 from nebula.server.unlearning.purge import purge
@@ -42,6 +46,8 @@ class RunSettings:
 
     temperature: float
     min_replies: int
+    isolated: bool = False  # federation.isolation = isolated: the consensus adds the federation's log prior
+    reputation: bool = False  # federation.reputation: clients weighted by their trust (server/reputation.py)
 
     @classmethod
     def from_flat(cls, flat: dict, *, run_id: str) -> RunSettings:
@@ -52,7 +58,13 @@ class RunSettings:
             config = NebulaConfig.from_flat({k: flat[k] for k in RUN_KEYS})
         except ConfigError as exc:
             raise LedgerError(f"run {run_id}: stored configuration: {exc}") from exc
-        return cls(temperature=config.train.temperature, min_replies=config.federation.min_replies)
+        isolation = flat.get("federation.isolation", "collaborative")  # runs from before the field: collaborative
+        return cls(
+            temperature=config.train.temperature,
+            min_replies=config.federation.min_replies,
+            isolated=isolation == "isolated",
+            reputation=str(flat.get("federation.reputation", False)).lower() in ("1", "true", "yes"),
+        )
 
 
 @register
@@ -84,7 +96,16 @@ def _revise_round(
     ids, before = stored
     remaining = [c for _, c in ctx.ledger.contributions(run_id, round_index)]
     who = [c.client_id for c in remaining]
-    support, support_kind = support_matrix(who, ctx.ledger.label_counts(run_id))
+    counts = ctx.ledger.label_counts(run_id)
+    support, support_kind = support_matrix(who, counts)
+    log_prior = None
+    if settings.isolated:  # the prior of the clients that remain, as a federation without the client had it
+        forgotten = ctx.ledger.forgotten_clients() | {ctx.client_id}
+        log_prior = federation_log_prior(np.sum([c for cid, c in counts.items() if cid not in forgotten], axis=0))
+    trust = None
+    if settings.reputation:  # the trust the federation would have given the remaining clients without this one
+        judged = Reputation(ctx.ledger, temperature=settings.temperature).trust_at(run_id, round_index)
+        trust = [judged.get(cid, 1.0) for cid in who]
     after = recompute_consensus(
         [c.payload for c in remaining],
         [c.weight for c in remaining],
@@ -94,6 +115,8 @@ def _revise_round(
         temperature=settings.temperature,
         min_replies=settings.min_replies,
         support=support,
+        log_prior=log_prior,
+        trust=trust,
     )
     revision = ConsensusRevision(
         request_id=ctx.request_id,

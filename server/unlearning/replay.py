@@ -156,5 +156,6 @@ def replay(ctx: UnlearnContext, run: store.RunModels) -> dict[str, Any]:
         "student": store.hashes(run.config.model.student, before_student, trainable_state(done.student.model)),
         "optimizer_steps": done.steps,
         "seconds": f"{time.perf_counter() - t0:.3f}",
+        **store.exactness(run, ExactReplayMode.name),
     }
     return store.publish(run, ctx.request_id, done.teacher, done.student, manifest)

@@ -130,14 +130,14 @@ def test_too_many_clients_for_the_file(tmp_path, capsys, small_csv):
 @pytest.mark.usefixtures("engine_never_called")
 def test_unknown_local_model_folder(tmp_path, capsys, small_csv):
     err = run_bad(tmp_path, capsys, "--dataset", str(small_csv), "--student", str(tmp_path / "models" / "mine"))
-    assert f"model.student: model folder '{tmp_path / 'models' / 'mine'}' not found" in err
+    assert f"--student: model folder '{tmp_path / 'models' / 'mine'}' not found" in err  # the flag, not model.student
 
 
 @pytest.mark.usefixtures("engine_never_called")
 def test_local_folder_without_config_json(tmp_path, capsys, small_csv):
     (tmp_path / "empty-model").mkdir()
     err = run_bad(tmp_path, capsys, "--dataset", str(small_csv), "--teacher", str(tmp_path / "empty-model"))
-    assert "model.teacher:" in err and "holds no config.json" in err
+    assert "--teacher:" in err and "holds no config.json" in err
 
 
 @pytest.mark.usefixtures("engine_never_called")
@@ -148,7 +148,7 @@ def test_hub_id_while_offline(tmp_path, capsys, small_csv, monkeypatch, variable
     monkeypatch.setenv(variable, "1")
     err = run_bad(tmp_path, capsys, "--dataset", str(small_csv), "--student-overrides", "1:nebula-test/no-such-model")
     assert (
-        "model.student_overrides (client 1): model 'nebula-test/no-such-model' is not a builtin "
+        "--student-overrides (client 1): model 'nebula-test/no-such-model' is not a builtin "
         f"(minilm-l3, minilm-l6, mpnet) or a local folder, and the Hub is offline ({variable}=1)"
     ) in err
 

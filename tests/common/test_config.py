@@ -1,8 +1,8 @@
-import argparse
+import dataclasses
 
 import pytest
 
-from nebula.common.config import ConfigError, NebulaConfig, add_arguments, overrides_from_args
+from nebula.common.config import SECTIONS, ConfigError, NebulaConfig, command_line_options
 from nebula.common.presets import PRESETS, preset_config
 
 
@@ -53,11 +53,14 @@ def test_inference_clients_parse_to_export_folders():
     assert NebulaConfig().federation.inference_exports() == {}
 
 
-def test_command_line_options_map_to_flat_keys():
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--rounds", "4", "--num-clients", "6"])
-    assert overrides_from_args(args) == {"federation.rounds": "4", "data.num_clients": "6"}
+def test_every_field_is_a_command_line_option_named_after_it():
+    options = {o.key: o for o in command_line_options()}
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert list(options) == keys
+    assert options["data.num_clients"].flag == "--num-clients" and options["data.num_clients"].kind is int
+    assert options["federation.wire_dtype"].choices == ("float16", "float32", "int8")
+    assert options["federation.faults"].hidden and not options["federation.rounds"].hidden
+    assert len({o.flag for o in options.values()}) == len(options)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -68,3 +71,12 @@ def test_presets_are_valid(name):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
         preset_config("huge")
+
+
+def test_isolation_levels_and_excluded_clients():
+    config = NebulaConfig.from_flat({"federation.isolation": "isolated", "federation.exclude_clients": "client-3, x"})
+    assert config.federation.isolation == "isolated" and config.federation.excluded() == {"client-3", "x"}
+    with pytest.raises(ConfigError, match="federation.isolation must be one of collaborative, isolated"):
+        NebulaConfig.from_flat({"federation.isolation": "shared"})
+    with pytest.raises(ConfigError, match="sharded:S is designed but not built yet"):
+        NebulaConfig.from_flat({"federation.isolation": "sharded:3"})

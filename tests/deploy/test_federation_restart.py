@@ -4,11 +4,13 @@ A fault test, beside test_federation_unavailable.py.
 
 A SuperLink (TLS, SuperNode authentication, state database), a teacher node and two client
 nodes, each with its long-lived local worker (client/worker.py), run the smoke preset for 3
-rounds. Once round 1 is finished, the SuperLink is SIGKILLed with
-everything it started (its SuperExec and the ServerApp process), in the middle of round 2. A new
+rounds. Once round 1 is finished and a client's worker has started computing its round-2 reply (its
+log says "handling train.round ... (round 2)", not yet "handled"), the SuperLink is SIGKILLed with
+everything it started (its SuperExec and the ServerApp process), while that client computes. A new
 SuperLink starts on the same port and database; the SuperNodes reconnect by themselves, and the
 run is submitted again with ``federation.resume=true``: it must finish rounds 2 and 3 under the
-same ledger run, with every contribution accepted before the restart still there, byte for byte.
+same ledger run, with every contribution accepted before the restart still there, byte for byte. The
+client that was computing finishes its computation without a SuperLink and takes part in the resumed rounds.
 """
 
 import json
@@ -37,6 +39,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _worker_lines(fed, name: str) -> list[str]:
+    """What node ``name``'s worker logged itself (client/worker.py), in order."""
+    text = fed.log_path(f"{name}-worker").read_text(errors="replace")
+    return [line for line in text.splitlines() if "nebula.client.worker:" in line]
+
+
+def _computing_round_2(fed) -> str | None:
+    """A client whose worker is computing its round-2 reply right now (its last line says it started), or None."""
+    for name in ("client0", "client1"):
+        lines = _worker_lines(fed, name)
+        if lines and "handling train.round" in lines[-1] and lines[-1].endswith("(round 2)"):
+            return name
+    return None
+
+
 def _ledger_rows(fed) -> tuple[list[str], list[tuple]]:
     ledger = Ledger(fed.run_folder.ledger)
     try:
@@ -60,8 +77,15 @@ def restarted(tmp_path_factory, smoke_federation):
         while not _metrics(fed) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _metrics(fed), "round 1 never finished"
+        deadline = time.monotonic() + 120
+        while (busy := _computing_round_2(fed)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert busy is not None, "no client started computing round 2"
         commands = {m.pid: _cmdline(m.pid) for m in fed.family()}
         result["killed"] = fed.kill("superlink")  # SuperLink, its SuperExec and the ServerApp, mid round 2
+        # Read after the kill: the client had not finished when the server side went down.
+        result["busy"], result["busy_lines"] = busy, len(_worker_lines(fed, busy))
+        result["busy_last"] = _worker_lines(fed, busy)[-1]
         result["killed_commands"] = [commands.get(m.pid, "") for m in result["killed"]]
         deadline = time.monotonic() + 30
         while any(is_running(m.pid, m.start) for m in result["killed"]) and time.monotonic() < deadline:
@@ -88,6 +112,15 @@ def test_the_kill_took_the_server_side_mid_run(restarted):
     assert any("flower-superlink" in c for c in commands) and any("flwr-serverapp" in c for c in commands), commands
     assert restarted["killed_alive"] == []
     assert [m["round"] for m in restarted["metrics_before"]] in ([1], [1, 2])  # killed before round 3
+
+
+def test_the_kill_came_while_a_client_computed_its_round_2_reply_which_it_finished_without_a_superlink(restarted):
+    fed, busy = restarted["fed"], restarted["busy"]
+    assert "handling train.round" in restarted["busy_last"] and restarted["busy_last"].endswith("(round 2)")
+    after = _worker_lines(fed, busy)[restarted["busy_lines"] :]
+    assert after and "handled a message" in after[0], after[:3]  # the computation went on to its end
+    resumed = [line for line in after if "handling train.round" in line]
+    assert resumed and all(str(restarted["second_run"]) in line for line in resumed)  # then the resumed run's
 
 
 def test_the_resumed_run_completes_the_rounds_under_the_same_ledger_run(restarted):

@@ -361,6 +361,28 @@ def test_deep_distill_loss_names_missing_inputs():
     torch.testing.assert_close(ce.total, F.cross_entropy(out.logits, labels))
 
 
+def test_deep_distill_loss_pools_hidden_states_for_a_teacher_with_another_tokeniser():
+    """hidden_pool="mean": the teacher's sequence may have another length; the term is the pooled hidden loss."""
+    student = _bert(1, layers=1, hidden=16, heads=2)
+    s_out, _ = _run(student)
+    t_len = 5  # the teacher tokenised the same texts into 5 tokens
+    t_hidden = [torch.randn(B, t_len, 32, generator=_gen(2)) for _ in range(3)]
+    t_mask = torch.ones(B, t_len, dtype=torch.long)
+    t_out = type(s_out)(logits=torch.randn(B, 3, generator=_gen(3)), hidden_states=tuple(t_hidden))
+    proj = HiddenProjection(16, 32, 1)
+    args = dict(weights=LossWeights(kd=1.0, hidden=1.0), mapping=((1, 2),), projection=proj, temperature=1.0)
+    with pytest.raises(ValueError, match="pool='mean'"):
+        deep_distill_loss(s_out, t_out, attention_mask=MASK, **args)
+    loss = deep_distill_loss(
+        s_out, t_out, attention_mask=MASK, hidden_pool="mean", teacher_attention_mask=t_mask, **args
+    )
+    pooled = hidden_state_loss(
+        s_out.hidden_states, t_hidden, ((1, 2),), projection=proj, attention_mask=MASK, pool="mean",
+        teacher_attention_mask=t_mask,
+    )  # fmt: skip
+    assert loss.terms["hidden"] == pytest.approx(pooled.item())
+
+
 def test_query_key_relation_with_one_relation_head_per_attention_head_is_the_attention_map_loss():
     """MiniLM v1's attention transfer is the Q-K relation at A_r = H: the two paths agree on tiny BERTs."""
     teacher, student = _bert(0, layers=2, hidden=32, heads=4).eval(), _bert(1, layers=2, hidden=32, heads=4)

@@ -78,6 +78,15 @@ def test_a_moved_run_folder_resumes_with_more_rounds(ledger, flat):
     assert resume_point(ledger, moved).next_round == 2
 
 
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default(ledger, flat):
+    older = {k: v for k, v in flat.items() if k not in ("federation.isolation", "data.canary")}
+    ledger.start_run("run-a", older)  # started by a version without these settings
+    _round(ledger, "run-a", 1)
+    assert resume_point(ledger, {**flat, "federation.resume": True}).next_round == 2
+    with pytest.raises(ResumeError, match=r"federation.isolation: None -> 'isolated'"):
+        resume_point(ledger, {**flat, "federation.isolation": "isolated"})
+
+
 def test_refusals_name_what_is_wrong(ledger, flat):
     with pytest.raises(ResumeError, match="holds no run to resume"):
         resume_point(ledger, flat)

@@ -122,6 +122,13 @@ def test_a_correction_resumed_after_the_reaggregation_ranks_by_the_teachers_disa
     assert models["targeting"] == "teacher disagreement" and models["optimizer_steps"] == {"teacher": 1, "student": 1}
 
 
+@pytest.mark.parametrize("mode", ["exact-replay", "fast-correction"])
+def test_a_collaborative_runs_certificate_says_the_result_is_approximate(tiny_run, mode):
+    models = _apply(tiny_run, mode).models
+    assert models["isolation"] == "collaborative" and models["exact"] is False
+    assert "collaborative run" in models["exactness"]
+
+
 def test_a_later_request_starts_from_the_current_models(tiny_run):
     replayed = _apply(tiny_run, "exact-replay", request_id="req-1").models
     corrected = _apply(

@@ -1,0 +1,162 @@
+"""``nebula export`` and ``nebula predict``: an adapter as an ONNX package for edge devices, and what it predicts.
+
+Loaded by the ``nebula`` group when one of them is named (cli/main.py, ``NebulaGroup``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from nebula.cli._args import command
+from nebula.cli._output import fail, print_tables, say
+from nebula.deploy.export.onnx_export import TARGETS  # numpy only; torch loads in the command
+
+app = typer.Typer()
+
+# export's options
+AdapterDir = Annotated[
+    str,
+    typer.Argument(help="adapter folder, e.g. runs/latest/models/global-student or runs/latest/clients/<id>/adapter"),
+]
+ExportOut = Annotated[str, typer.Option(help="export folder to write (replaced if it holds an earlier export)")]
+Target = Annotated[
+    str,
+    typer.Option(
+        click_type=click.Choice(list(TARGETS)), help="; ".join(f"{t.name}: {t.help}" for t in TARGETS.values())
+    ),
+]
+Base = Annotated[
+    str | None, typer.Option(help="base model override: builtin name or folder (default: the adapter's own)")
+]
+MaxLength = Annotated[int, typer.Option(help="tokens per input, as in training")]
+PruneVocabFrom = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DATASET",
+        help="keep only the tokens of this corpus (dataset name, .csv/.jsonl, or .txt one text per line); "
+        "other tokens become [UNK]",
+    ),
+]
+Labels = Annotated[
+    str | None, typer.Option(help="comma list of class names in label-id order (default: from --dataset)")
+]
+Dataset = Annotated[
+    str | None, typer.Option(help="dataset the adapter learned: label names, report test set, static-int8 calibration")
+]
+Report = Annotated[
+    bool, typer.Option("--report", help="measure size, accuracy, agreement and latency (needs --dataset)")
+]
+TeacherAdapters = Annotated[
+    list[str],
+    typer.Option(
+        "--teacher-adapter",
+        metavar="ADAPTER_DIR",
+        help="a teacher's adapter folder to compare with in the report (repeat for several)",
+    ),
+]
+OldTeacherAdapters = Annotated[list[str], typer.Option("--teacher", metavar="ADAPTER_DIR", hidden=True)]  # renamed
+TestSize = Annotated[int, typer.Option(help="global test examples (as data.test_size)")]
+Seed = Annotated[int, typer.Option(help="split seed (as data.seed)")]
+ReportThreads = Annotated[int, typer.Option("--threads", min=1, help="intra-op threads while timing the report")]
+Repeats = Annotated[int, typer.Option(min=1, help="timed runs per latency figure, after 3 warm-up runs")]
+
+
+@command(
+    app,
+    "export",
+    "Export an adapter as an ONNX package for edge devices (merged, quantised, optionally vocabulary-pruned).",
+)
+def export(
+    adapter_dir: AdapterDir,
+    out: ExportOut,
+    target: Target = "cpu-int8",
+    base: Base = None,
+    max_length: MaxLength = 64,
+    prune_vocab_from: PruneVocabFrom = None,
+    labels: Labels = None,
+    dataset: Dataset = None,
+    report: Report = False,
+    teacher_adapter: TeacherAdapters = [],  # noqa: B006  (typer reads the default; never mutated)
+    teacher: OldTeacherAdapters = [],  # noqa: B006
+    test_size: TestSize = 500,
+    seed: Seed = 0,
+    threads: ReportThreads = 1,
+    repeats: Repeats = 20,
+) -> int:
+    from nebula.client.runtime.errors import ExportError
+    from nebula.deploy.export.export import ExportConfig, export_adapter
+
+    if teacher:
+        print("warning: nebula export --teacher is now --teacher-adapter", file=sys.stderr)
+    names = tuple(x.strip() for x in labels.split(",")) if labels else None
+    split = dict(dataset=dataset, test_size=test_size, seed=seed)  # the export's and its report's
+    config = ExportConfig(
+        adapter_dir=adapter_dir, out=out, target=target, base=base, max_length=max_length,
+        prune_vocab_from=prune_vocab_from, labels=names, **split,
+    )  # fmt: skip
+    try:
+        if report and not dataset:
+            raise ExportError("--report needs --dataset (whose test split is measured)")
+        t0 = time.perf_counter()
+        manifest = export_adapter(config)
+        vocab = f", vocabulary {manifest.kept_vocab_size} tokens" if manifest.kept_vocab_size else ""
+        say(
+            f"exported {adapter_dir} -> {out} ({manifest.target}, labels {', '.join(manifest.labels)}{vocab}) "
+            f"in {time.perf_counter() - t0:.0f} s"
+        )
+        if report:
+            _report(out, split, [*teacher_adapter, *teacher], threads=threads, repeats=repeats)
+    except ExportError as exc:
+        return fail(str(exc))
+    return 0
+
+
+def _report(out: str, split: dict, teachers: list[str], *, threads: int, repeats: int) -> None:
+    """Measure the export against the PyTorch student and ``teachers``; print the tables, write the report."""
+    from nebula.deploy.export.report import build_report, format_markdown, write_report
+
+    report = build_report(out, **split, teacher_adapters=teachers, threads=threads, repeats=repeats)
+    md, js = write_report(report, out)
+    say("")
+    print_tables(format_markdown(report))
+    say(f"\nreport: {md}, {js}")
+
+
+@command(app, "predict", "Classify texts with an export package (onnxruntime only): label and probabilities per line.")
+def predict(
+    export_dir: Annotated[str, typer.Argument(help="folder written by `nebula export`")],
+    texts: Annotated[list[str] | None, typer.Argument(metavar="TEXT...", help="texts to classify")] = None,
+    file: Annotated[
+        str | None, typer.Option(help="also classify each non-empty line of this file ('-' reads stdin)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime intra-op threads (default: all cores)")
+    ] = None,
+) -> int:
+    from nebula.client.runtime.errors import ExportError
+    from nebula.client.runtime.predictor import EdgePredictor
+
+    texts = list(texts or [])
+    if file:
+        try:
+            lines = sys.stdin.read().splitlines() if file == "-" else Path(file).read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            return fail(f"{file}: {exc}")
+        texts += [line for line in (x.strip() for x in lines) if line]
+    if not texts:
+        return fail("no texts: pass them as arguments or with --file")
+    try:
+        predictor = EdgePredictor(export_dir, intra_op_threads=threads)
+    except ExportError as exc:
+        return fail(str(exc))
+    probs = predictor.predict_proba(texts)
+    for text, row in zip(texts, probs):
+        scores = " ".join(f"{name}={p:.3f}" for name, p in zip(predictor.labels, row))
+        print(f"{predictor.labels[int(row.argmax())]}\t{scores}\t{text}")
+    return 0
