@@ -15,6 +15,7 @@ import typer
 
 from nebula.cli._args import command
 from nebula.cli._output import fail, print_tables, say
+from nebula.common.flywheel import STRATEGIES
 from nebula.deploy.export.onnx_export import TARGETS  # numpy only; torch loads in the command
 
 app = typer.Typer()
@@ -138,9 +139,14 @@ def predict(
     threads: Annotated[
         int | None, typer.Option(min=1, help="onnxruntime intra-op threads (default: all cores)")
     ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(help="append each input, its prediction and confidence to this JSON-lines file (the flywheel)"),
+    ] = None,
 ) -> int:
     from nebula.client.runtime.errors import ExportError
     from nebula.client.runtime.predictor import EdgePredictor
+    from nebula.common.flywheel import FlywheelError, PredictionLog
 
     texts = list(texts or [])
     if file:
@@ -156,7 +162,57 @@ def predict(
     except ExportError as exc:
         return fail(str(exc))
     probs = predictor.predict_proba(texts)
+    if log:
+        try:
+            PredictionLog(log).append(texts, probs, label_names=predictor.labels)
+        except (FlywheelError, OSError) as exc:
+            return fail(f"--log {log}: {exc}")
     for text, row in zip(texts, probs):
         scores = " ".join(f"{name}={p:.3f}" for name, p in zip(predictor.labels, row))
         print(f"{predictor.labels[int(row.argmax())]}\t{scores}\t{text}")
     return 0
+
+
+@command(
+    app,
+    "flywheel",
+    "Pick the logged inputs most worth labelling (nebula predict --log) into an annotation sheet (CSV, label empty).",
+)
+def flywheel(
+    log: Annotated[str, typer.Argument(help="prediction log written by `nebula predict --log`")],
+    out: Annotated[str, typer.Option(help="annotation sheet to write (CSV; refused if it exists)")],
+    k: Annotated[int, typer.Option(min=1, help="rows to pick")] = 100,
+    strategy: Annotated[
+        str, typer.Option(click_type=click.Choice(STRATEGIES), help="how rows are scored (common/flywheel.py)")
+    ] = "uncertainty",
+    global_student: Annotated[
+        str | None,
+        typer.Option(help="export of the downloaded global student: needed by the disagreement and mixed strategies"),
+    ] = None,
+    skip_corrupt: Annotated[bool, typer.Option(help="skip corrupt log lines (listed) instead of stopping")] = False,
+) -> int:
+    from nebula.common.flywheel import FlywheelError, PredictionLog, select, write_annotation_file
+
+    try:
+        contents = PredictionLog(log).read(strict=not skip_corrupt)
+        for line, why in contents.corrupt:
+            say(f"{log}:{line}: skipped ({why})")
+        records = contents.records
+        global_probs = None
+        if global_student:
+            from nebula.client.runtime.predictor import EdgePredictor
+
+            global_probs = EdgePredictor(global_student).predict_proba([r.text for r in records])
+        chosen = select(records, min(k, len(records)), global_probs=global_probs, strategy=strategy)
+        path = write_annotation_file([records[i] for i in chosen], out, label_names=_label_names(records))
+    except (FlywheelError, OSError) as exc:
+        return fail(str(exc))
+    say(f"{len(chosen)} of {len(records)} logged inputs ({strategy}) -> {path}: fill the label column")
+    return 0
+
+
+def _label_names(records) -> list[str] | None:
+    """The class names the log carries (each record names its predicted class), or None."""
+    names: dict[int, str] = {r.label: r.label_name for r in records if r.label_name is not None}
+    classes = len(records[0].probs) if records else 0
+    return [names[i] for i in range(classes)] if classes and len(names) == classes else None

@@ -46,9 +46,13 @@ class NebulaGroup(TyperGroup):
         "fleet-gate": "nebula.cli.deploy",
         "export": "nebula.cli.edge",
         "predict": "nebula.cli.edge",
+        "flywheel": "nebula.cli.edge",
     }
 
-    ORDER = ("setup", "simulate", "benchmark", "teach", "export", "predict", "certs", "deploy", "fleet-gate", "worker")
+    ORDER = (
+        *("setup", "simulate", "benchmark", "teach", "export", "predict", "flywheel"),
+        *("certs", "deploy", "fleet-gate", "worker"),
+    )
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = [*super().list_commands(ctx), *self.LAZY]

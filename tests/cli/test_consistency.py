@@ -19,7 +19,8 @@ def _options(command):
 
 
 def test_every_command_is_found(commands):
-    expected = {"simulate", "benchmark", "setup", "teach", "worker", "export", "predict", "certs", "fleet-gate"}
+    expected = {"simulate", "benchmark", "setup", "teach", "worker", "export", "predict", "flywheel", "certs"}
+    expected |= {"fleet-gate"}
     expected |= {"deploy up", "deploy down"} | {f"unlearn {c}" for c in ("submit", "status", "list", "verify")}
     assert expected | {"unlearn serve", "unlearn benchmark"} <= set(commands)
 

@@ -1,8 +1,11 @@
 """`nebula export` then `nebula predict`, through nebula.cli.main.main."""
 
+import csv
+
 import pytest
 
 from nebula.cli.main import main
+from nebula.common.flywheel import PredictionLog, select
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +62,19 @@ def test_export_of_a_folder_that_is_no_adapter(tmp_path, capsys):
 def test_report_needs_a_dataset(adapter_dir, tmp_path, capsys):
     assert main(["export", str(adapter_dir), "--out", str(tmp_path / "out"), "--report"]) == 2
     assert "--report needs --dataset" in capsys.readouterr().err
+
+
+def test_the_flywheel_logs_predictions_and_picks_rows_to_label(cli_export, tmp_path, capsys, tweets):
+    _, out = cli_export
+    log, sheet = tmp_path / "log.jsonl", tmp_path / "annotate.csv"
+    texts = [str(t) for t in tweets["test"][:6]]
+    assert main(["predict", str(out), *texts, "--log", str(log)]) == 0
+    assert len(log.read_text().splitlines()) == 6
+    assert main(["flywheel", str(log), "--out", str(sheet), "--k", "2", "--strategy", "uncertainty"]) == 0
+    with sheet.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    records = PredictionLog(log).read().records
+    picked = [records[i].text for i in select(records, 2, strategy="uncertainty")]
+    assert [row["text"] for row in rows] == picked and all(row["label"] == "" for row in rows)
+    assert main(["flywheel", str(log), "--out", str(sheet), "--k", "2"]) == 2  # never overwrites labels
+    assert "exists" in capsys.readouterr().err
