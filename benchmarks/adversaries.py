@@ -24,13 +24,14 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from nebula.common.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ("class-contrast", "class-contrast+reputation", "median", "trimmed-mean")
@@ -185,11 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(args: argparse.Namespace, settings: dict, cells: dict[str, dict]) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     result = {
         "what": "accuracy under poisoned clients: attacks x aggregation rules (benchmarks/adversaries.py)",
-        "commit": commit.stdout.strip(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **provenance(),
         "settings": settings,
         "cells": cells,
     }

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nebula.common.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -598,12 +599,10 @@ def load(path: Path, settings: dict) -> dict:
 
 def write(args, settings: dict, names: list[str], state: dict, command: str) -> dict:
     """Rewrite ``args.out`` with the cells so far and their summary (atomically); returns the summary."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     summary = summarise(state["cells"], state["teachers"], names)
     result = {
         "what": "exported MiniLM-L3 students distilled from a strong teacher, by recipe (benchmarks/distill.py)",
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **provenance(),
         "command": command,
         "seeds": sorted({c["seed"] for c in state["cells"].values()}),
         "settings": settings,

@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nebula.common.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM = "random"
@@ -264,14 +265,12 @@ def markdown_table(summary: dict, ks: list[int]) -> str:
 
 def write(args, per_seed: dict[int, dict], command: str) -> dict:
     """Rewrite ``args.out`` with the seeds so far and their summary (atomically); returns the summary."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
     summary = summarise(per_seed, args.strategies, args.ks)
     settings = {k: getattr(args, k) for k in ("dataset", "model", "seed_size", "global_size", "pool_size",
                                               "test_size", "epochs", "lr", "batch_size", "max_length")}  # fmt: skip
     result = {
         "what": "accuracy of a client after labelling k rows chosen by each flywheel strategy (benchmarks/flywheel.py)",
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **provenance(),
         "command": command,
         "seeds": sorted(per_seed),
         "ks": args.ks,

@@ -7,9 +7,9 @@ and writes benchmarks/results/fuzz-replies.json. The test asserts the same run's
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -21,6 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nebula.common.provenance import provenance  # noqa: E402
 from nebula.server.ledger import Ledger  # noqa: E402
 from tests.server import test_fuzz_replies as fuzz  # noqa: E402  (the test's own mutators and nodes)
 
@@ -37,10 +38,7 @@ def main() -> dict:
     ledger = Ledger(folder / "ledger.sqlite")
     reasons = Counter(reason.split(":")[0] for _, _, reason in ledger.rejections(fed.run_id))
     result = {
-        "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/fuzz_replies.py",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        **provenance(),
         "seed": 0,
         "rounds": len(history),
         "round_replies": 5 * len(history),
@@ -59,4 +57,5 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help only
     main()

@@ -21,8 +21,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ import numpy as np
 from nebula.common.config import ConfigError, NebulaConfig
 from nebula.common.federation_data import build_federation_data
 from nebula.common.presets import PRESETS, preset_config
+from nebula.common.provenance import provenance
 from nebula.simulation.baselines import BaselineResult, available_methods, get_method, method_kind
 from nebula.simulation.preflight import PreflightError, preflight
 
@@ -226,11 +225,6 @@ def summarize(cells: dict, seeds: list[int]) -> dict:
 # --- the file ---------------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip()
-
-
 def load(out: Path, settings: dict) -> dict:
     """The output so far (new if none); refuses a file written with other settings."""
     if not out.exists():
@@ -262,9 +256,7 @@ def document(doc: dict, args: argparse.Namespace, config: NebulaConfig, settings
         "dirichlet_alpha": d.dirichlet_alpha,
         "preset": args.preset,
         "rounds": config.federation.rounds,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "command": shlex.join([".venv/bin/python", "benchmarks/peers.py", *sys.argv[1:]]),
+        **provenance([".venv/bin/python", "benchmarks/peers.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count()},
         "seeds": seeds,
         "methods": summarize(doc["cells"], seeds),
@@ -306,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             config = configs[seed]
             t0 = time.perf_counter()
             cell = run_cell(method, config, workers=args.workers)
-            cell.update(wall_seconds=time.perf_counter() - t0, commit=_git("rev-parse", "--short", "HEAD"))
+            cell.update(wall_seconds=time.perf_counter() - t0, commit=provenance()["commit"])
             if method != NEBULA:
                 cell["kind"] = method_kind(method)
             for name in NOISY:  # importing flwr resets its logger

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nebula.common.data import load_dataset
+from nebula.common.provenance import provenance
 
 GROUPS = {"business": "a", "politics": "a", "sports": "a", "tech": "b", "entertainment": "c"}
 SHARES = {"a": 0.65, "b": 0.26, "c": 0.09}
@@ -71,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads((args.work / "run" / "results.json").read_text())
     majority = results["majority_rate"]
     rows = {row["method"]: row for row in results["table"]}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
-        "commit": commit,
-        "command": shlex.join(["python", *sys.argv]),
+        **provenance(),
         "simulate_command": shlex.join(command),
         "rows": args.rows,
         "class_counts": counts,

@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from nebula.common.presets import preset_config
+from nebula.common.provenance import provenance
 from nebula.simulation.unlearning_benchmark import UnlearningBenchmark, client_with_most_data, run_benchmark
 
 LEVELS = ("collaborative", "isolated")
 MODES = ("reaggregate", "exact-replay", "fast-correction")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _config(args: argparse.Namespace, level: str, canary_client: int | None = None):
@@ -79,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("benchmarks/results") / f"unlearning-{args.clients}clients.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     results.update(
-        commit=_commit(),
-        command=shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(),
         clients=args.clients,
         seeds=[args.seed],
     )

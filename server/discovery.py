@@ -120,7 +120,11 @@ def discover(
     # order, and floating-point sums depend on it; this way a repeated run sums them in the same order.
     clients = dict(sorted(clients.items(), key=lambda item: item[1].client_id))
     if teacher is None:
-        raise TeacherUnavailable("no node answered as teacher; start one with role='teacher'")
+        raise TeacherUnavailable(
+            f"no node answered as teacher ({len(node_ids)} node(s) answered discovery, {len(clients)} as clients); "
+            "start one with role='teacher'; in a local simulation (`flwr run`), set "
+            "num-supernodes = clients + 1 (a node per client plus the teacher)"
+        )
     cohort = Cohort(clients, teacher, 0, [])
     cohort.drop(forgotten, when="discovery")  # forgotten before the run: its label counts reach no one
     counts = {len(c.label_counts) for c in cohort.clients.values()}

@@ -17,6 +17,13 @@ Fitting rule (``n`` examples, ``K`` clients): test gets 20% of ``n``, public 30%
 rest would be smaller than ``K * MIN_PER_CLIENT``, private gets exactly that and test and public share
 what is left 2:3. A size the user set is kept as it is and the others share what it leaves.
 ``federation.public_per_round`` is lowered to the fitted public pool unless the user set it.
+
+Training length follows the sizes (:func:`fit_epochs`): a preset's epochs are sized for its own data
+(the quick preset's client takes 15 optimizer steps a round on 240 tweets); on a small file an epoch is a
+handful of steps and nothing moves from the class prior (benchmarks/standin_csv.py: 5 steps a round left
+every client, the teacher and the student at the majority class). When the sizes are fitted, each
+training stage the user did not set (clients' local epochs, the teacher's, the global student's) gets at
+least :data:`MIN_STEPS` optimizer steps a round.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from nebula.common.federation_data import build_federation_data
 from nebula.common.packages import BUILTIN_MODELS, AssetError
 
 MIN_PER_CLIENT = 5  # private examples a client keeps at least (train + its own holdout)
+MIN_STEPS = 30  # optimizer steps a round per training stage when the sizes are fitted to a small file
 SHARES = {"test_size": 0.2, "public_size": 0.3}  # of the dataset, when sizes are fitted; private: the rest
 SIZE_FIELDS = ("test_size", "public_size", "private_size")
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -75,8 +83,9 @@ def preflight(config: NebulaConfig, *, explicit: set[str] | frozenset[str] = fro
         raise PreflightError(str(exc)) from None
     notes = []
     config, note = _fitted(config, dataset, explicit)
-    if note:
-        notes.append(note)
+    if note:  # sizes fitted to a small file: the training length follows them
+        config, epochs_note = _fitted_training(config, len(dataset), explicit)
+        notes += [note, epochs_note] if epochs_note else [note]
     try:
         build_federation_data(config.data)  # what every node does first; cached for the baselines
     except (DatasetError, ValueError) as exc:
@@ -123,6 +132,39 @@ def fit_sizes(n: int, clients: int, fixed: dict[str, int]) -> dict[str, int] | N
     if sizes_problem(n, sizes["test_size"], sizes["public_size"], sizes["private_size"], clients):
         return None
     return sizes
+
+
+def fit_epochs(rows: dict[str, int], batch_size: int, current: dict[str, int]) -> dict[str, int]:
+    """Epochs per stage giving at least :data:`MIN_STEPS` optimizer steps a round, never fewer than now.
+
+    ``rows`` maps a ``train`` epochs field to the examples one epoch of it goes through (an average
+    client's training rows for ``local_epochs``, the round's public inputs for ``teacher_epochs``, the
+    pool for ``student_epochs``); ``current`` holds the fields' present values.
+    """
+    fitted = {}
+    for name, n in rows.items():
+        steps = max(1, -(-max(1, n) // batch_size))  # ceil(n / batch)
+        fitted[name] = max(current[name], -(-MIN_STEPS // steps))
+    return fitted
+
+
+def _fitted_training(config: NebulaConfig, n: int, explicit: set[str] | frozenset[str]) -> tuple[NebulaConfig, str]:
+    """``config`` with the epochs of :func:`fit_epochs` for ``n`` examples; a line for the user (or "")."""
+    data, train = config.data, config.train
+    private = data.private_size or n - data.test_size - data.public_size
+    rows = {
+        "local_epochs": int(private / data.num_clients * (1 - data.holdout_fraction)),
+        "teacher_epochs": config.federation.public_per_round,
+        "student_epochs": data.public_size if train.student_inputs == "pool" else config.federation.public_per_round,
+    }
+    rows = {name: count for name, count in rows.items() if f"train.{name}" not in explicit}
+    epochs = fit_epochs(rows, train.batch_size, {name: getattr(train, name) for name in rows})
+    changed = {name: value for name, value in epochs.items() if value != getattr(train, name)}
+    if not changed:
+        return config, ""
+    fitted = dataclasses.replace(config, train=dataclasses.replace(train, **changed)).validate()
+    said = ", ".join(f"{flag(name)} {value}" for name, value in changed.items())
+    return fitted, f"nebula: so few examples make short epochs: using {said} (at least {MIN_STEPS} steps a round each)"
 
 
 def _fitted(

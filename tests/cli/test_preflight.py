@@ -164,10 +164,21 @@ def test_small_csv_gets_fitted_sizes_and_reaches_the_engine(capsys, small_csv, c
     assert len(fitted) == 1
     assert "using test 60, public 90, private 150 (the rest)" in fitted[0]
     assert "--test-size, --public-size, --private-size" in fitted[0]
+    # 150 private rows over 5 clients: 24 training rows (2 steps of 16); 90 public inputs (6 steps)
+    train = config.train
+    assert (train.local_epochs, train.teacher_epochs, train.student_epochs) == (15, 5, 5)
+    assert "using --local-epochs 15, --teacher-epochs 5, --student-epochs 5" in out
+
+
+def test_epochs_the_user_sets_on_a_small_csv_are_kept(capsys, small_csv, config_reaching_engine):
+    train = config_reaching_engine("--dataset", str(small_csv), "--local-epochs", "2").train
+    assert (train.local_epochs, train.teacher_epochs) == (2, 5)
+    assert "--local-epochs" not in capsys.readouterr().out.split("short epochs")[-1]
 
 
 def test_sizes_that_fit_are_kept(capsys, small_csv, config_reaching_engine):
     sizes = ["--test-size", "50", "--public-size", "100", "--private-size", "120"]
     data = config_reaching_engine("--dataset", str(small_csv), *sizes).data
     assert (data.test_size, data.public_size, data.private_size) == (50, 100, 120)
-    assert "too few for" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "too few for" not in out and "short epochs" not in out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nebula.simulation.preflight import MIN_PER_CLIENT, fit_sizes, sizes_problem
+from nebula.simulation.preflight import MIN_PER_CLIENT, MIN_STEPS, fit_epochs, fit_sizes, sizes_problem
 
 
 def test_rule_on_a_file_of_979_rows():
@@ -34,3 +34,15 @@ def test_problems():
     assert "leaves no private examples" in sizes_problem(979, 500, 1200, 1500, 5)
     assert "exceeds 300" in sizes_problem(300, 60, 90, 200, 5)
     assert f"fewer than {MIN_PER_CLIENT} each" in sizes_problem(100, 40, 40, 0, 5)
+
+
+def test_epochs_give_each_stage_its_minimum_steps_a_round():
+    # the stand-in of 979 rows: ~78 training rows a client (5 steps of 16), 293 public inputs (19 steps)
+    got = fit_epochs({"local_epochs": 78, "teacher_epochs": 293}, 16, {"local_epochs": 1, "teacher_epochs": 1})
+    assert got == {"local_epochs": 6, "teacher_epochs": 2}
+    assert 6 * 5 >= MIN_STEPS > 5 * 5 and 2 * 19 >= MIN_STEPS > 19
+
+
+def test_epochs_never_drop_below_what_is_set():
+    assert fit_epochs({"local_epochs": 10_000}, 16, {"local_epochs": 3}) == {"local_epochs": 3}
+    assert fit_epochs({"student_epochs": 0}, 16, {"student_epochs": 1}) == {"student_epochs": MIN_STEPS}
