@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for i, (attack, rule, seed) in enumerate(todo, 1):
         cell = run_cell(args, attack, rule, seed)
+        cell["commit"] = provenance()["commit"]  # a resumed file can hold cells of several commits
         cells[cell_key(attack, rule, seed)] = cell
         write(args, settings, with_deltas(cells))
         accuracies = " ".join(f"{name} {_pct(cell[name])}" for name in METRICS)

@@ -14,6 +14,7 @@ import numpy as np
 from nebula.common.priors import class_prior
 from nebula.common.probabilities import softmax
 from nebula.server.aggregation import AggregationRule
+from nebula.server.reputation import loudness_caps
 
 
 def round_consensus(
@@ -36,7 +37,9 @@ def round_consensus(
     support : (K, C) label counts, or None.
     trust : (K,) reputation factors in [0, 1] (server/reputation.py), or None (all 1): each client's
         weight and label counts are multiplied by its factor, so a rule that weighs clients by either
-        gives a client of trust 0 no say.
+        gives a client of trust 0 no say. With trust given, each reply's logits are also scaled down to
+        the cohort's median loudness (:func:`~nebula.server.reputation.loudness_caps`): reputation's
+        bound on how sure one client may claim to be.
     log_prior : (C,) added to every client's logits before the softmax, or None. Under
         ``federation.isolation = isolated`` clients fit their labels against a uniform prior, so their logits
         estimate the class-balanced posterior ``log p(y|x) - log pi(y) + const``; adding the federation's
@@ -46,6 +49,8 @@ def round_consensus(
     weigh 0 (inference-only nodes hold no data).
     """
     if trust is not None:
+        caps = loudness_caps(logits, trust)  # (K,)
+        logits = [(z * g).astype(z.dtype, copy=False) for z, g in zip(logits, caps, strict=True)]
         factor = np.asarray(trust, dtype=float)  # (K,)
         weights = np.asarray(weights, dtype=float) * factor
         support = None if support is None else np.asarray(support, dtype=float) * factor[:, None]

@@ -32,6 +32,20 @@ it agrees again (no feedback loop keeps it out), and (3) the whole state is a fu
 contributions the ledger stores: :meth:`Reputation.assess` reads the earlier rounds back from
 the ledger, so a resumed run (server/resume.py) computes the same trust as an uninterrupted one.
 
+Trust alone does not hold a confident attacker: one that answers most inputs honestly and a few with a
+large margin (``flip``) agrees often enough to keep most of its trust, and in the consensus a few
+near-certain answers outvote many soft honest ones (the ``class-contrast`` rule fits log-probabilities by
+least squares, where a near-zero probability weighs like a shout). So with reputation on, no client may
+speak louder than the cohort (:func:`loudness_caps`): each reply's logits are scaled down, never up, to the
+cohort's median loudness, where a reply's loudness is the mean over its inputs of the standard deviation of
+its logits across classes::
+
+    loudness    L_k = 1/N sum_n std_c z_{k,n,c}
+    cap         g_k = min(1, median_j L_j / L_k)          z'_k = g_k z_k   (argmax unchanged; j: trust > 0)
+
+Scaling the logits is a temperature: what a client ranks first stays first, only how sure it claims to be
+is bounded by how sure its cohort is.
+
 Contributions keep their example-count weight in the ledger; the trust of each round goes into
 the round's summary (metrics.jsonl, ``reputation``) and a log line whenever a client's trust is
 below 1 or changes. :meth:`Reputation.trust_at` gives a stored round's trust back from the ledger
@@ -69,6 +83,20 @@ def agreements(probs: np.ndarray) -> np.ndarray:
     """Each client's share of inputs whose argmax is the cohort's median argmax: (K, N, C) -> (K,)."""
     reference = np.median(probs, axis=0).argmax(axis=1)  # (N,)
     return (probs.argmax(axis=2) == reference[None, :]).mean(axis=1)  # (K,)
+
+
+def loudness_caps(logits: Sequence[np.ndarray], trust: Sequence[float] | None = None) -> np.ndarray:
+    """``g`` (K,) in (0, 1]: the factor each reply's logits are scaled by (module docstring), K arrays (N, C).
+
+    The median is over the replies with ``trust > 0`` (all, when none is given or none has any): a client
+    left out has no say in how loud the others may be either.
+    """
+    loud = np.array([float(np.mean(np.std(np.asarray(z, dtype=np.float64), axis=1))) for z in logits])  # (K,)
+    if len(loud) == 0:
+        return loud
+    counted = np.ones(len(loud), bool) if trust is None else np.asarray(trust, dtype=float) > 0  # (K,)
+    centre = float(np.median(loud[counted] if counted.any() else loud))
+    return np.where(loud > centre, centre / np.where(loud > 0, loud, 1.0), 1.0)
 
 
 def scores(history: Sequence[Mapping[str, float]], *, memory: float = MEMORY) -> dict[str, float]:

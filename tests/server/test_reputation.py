@@ -9,7 +9,7 @@ from nebula.common.wire import encode_logits
 from nebula.server.aggregation import get_rule
 from nebula.server.consensus import round_consensus
 from nebula.server.ledger import Contribution, Ledger
-from nebula.server.reputation import Reputation, agreements, scores, trust
+from nebula.server.reputation import Reputation, agreements, loudness_caps, scores, trust
 
 N, C = 60, 3
 IDS = np.arange(N, dtype=np.int64)
@@ -63,12 +63,42 @@ def test_zero_trust_removes_a_client_from_the_consensus():
     for rule in ("class-contrast", "mean", "class-support"):
         kwargs = dict(rule=get_rule(rule), temperature=1.0, min_replies=2)
         with_trust, _ = round_consensus(logits, weights, support=support, trust=[1, 1, 1, 0], **kwargs)
-        without, _ = round_consensus(logits[:3], weights[:3], support=support[:3], **kwargs)
+        without, _ = round_consensus(logits[:3], weights[:3], support=support[:3], trust=[1] * 3, **kwargs)
         np.testing.assert_allclose(with_trust, without, atol=1e-9)
-        unweighted, _ = round_consensus(logits, weights, support=support, **kwargs)
-        np.testing.assert_array_equal(
-            round_consensus(logits, weights, support=support, trust=[1] * 4, **kwargs)[0], unweighted
+        capped = [z * g for z, g in zip(logits, loudness_caps(logits, [1] * 4), strict=True)]
+        unweighted, _ = round_consensus(capped, weights, support=support, **kwargs)
+        np.testing.assert_allclose(
+            round_consensus(logits, weights, support=support, trust=[1] * 4, **kwargs)[0], unweighted, atol=1e-12
         )
+
+
+def test_loudness_caps_scale_only_the_louder_than_median_down_to_it():
+    base = np.array([[2.0, 0.0, -2.0], [0.0, 1.0, 0.0]])  # (N=2, C=3)
+    logits = [base, 2 * base, 0.5 * base, 10 * base, np.zeros_like(base)]
+    caps = loudness_caps(logits)
+    np.testing.assert_allclose(caps, [1.0, 0.5, 1.0, 0.1, 1.0])  # the median loudness is base's
+    loud = [float(np.mean(np.std(z * g, axis=1))) for z, g in zip(logits, caps, strict=True)]
+    assert max(loud) == pytest.approx(loud[0]) and loudness_caps([]).shape == (0,)
+
+
+def test_a_confident_minority_cannot_flip_a_soft_majority():
+    """Eight honest clients lean to the truth by 1 logit; two flip class 0 to class 1 by a margin of 6 (the
+    ``flip`` attack's), agreeing elsewhere. Without reputation they carry the class-0 inputs; with it
+    (every trust 1 here: only the loudness cap acts) the honest majority decides."""
+    honest = [1.0 * np.eye(C)[TRUTH] + np.random.default_rng(k).normal(0, 0.2, (N, C)) for k in range(8)]
+    flipped = []
+    for k in range(2):
+        z = honest[k].copy()
+        rows = TRUTH == 0
+        z[rows, 1] = z[rows].max(axis=1) + 6.0
+        flipped.append(z)
+    logits, weights = honest + flipped, [1.0] * 10
+    kwargs = dict(rule=get_rule("class-contrast"), temperature=1.0, min_replies=2, support=np.ones((10, C)))
+    plain, _ = round_consensus(logits, weights, **kwargs)
+    held, _ = round_consensus(logits, weights, trust=[1.0] * 10, **kwargs)
+    on_zero = TRUTH == 0
+    assert (plain[on_zero].argmax(axis=1) == 1).mean() > 0.9  # the attack works on the plain rule
+    assert (held.argmax(axis=1) == TRUTH).mean() > 0.9  # and not once the cap acts
 
 
 # -- rounds through a ledger ------------------------------------------------------------
