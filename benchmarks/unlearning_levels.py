@@ -3,7 +3,10 @@
 For each level (``federation.isolation``: collaborative, isolated) this runs ``nebula unlearn benchmark``'s
 pipeline (simulation/unlearning_benchmark.py): the original federation with a canary planted in the client to
 forget, every unlearning mode on a copy, the federation retrained without the client, and the figures of
-simulation/unlearning_levels.py. It writes ``benchmarks/results/unlearning-<N>clients.json``: ``commit``,
+simulation/unlearning_levels.py. A level ``sharded:S`` (``--levels ...,sharded:4``) has one mode, ``shard-retrain``
+(simulation/sharded.py: the client's shard retrained, the global student distilled again), against the sharded
+federation retrained from scratch without the client (``sharded_level``); its ``teacher_acc`` is the shard
+teachers' ensemble's. It writes ``benchmarks/results/unlearning-<N>clients.json``: ``commit``,
 ``command``, ``clients``, and one object per level and mode (``rows``) with ``exact``, ``param_distance``,
 ``canary_success``, ``canary_success_retrained``, ``speedup``, ``client_rounds``, ``student_acc``,
 ``teacher_acc``, ``seconds``, plus each level's original accuracies (the price of isolation).
@@ -12,6 +15,7 @@ Resumable: a level already in the output file is skipped, so an interrupted run 
 
     .venv/bin/python benchmarks/unlearning_levels.py --clients 10
     .venv/bin/python benchmarks/unlearning_levels.py --clients 100 --private-size 3000 --rounds 3
+    .venv/bin/python benchmarks/unlearning_levels.py --clients 10 --levels sharded:2
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from nebula.common.presets import preset_config
 from nebula.common.provenance import provenance
 from nebula.simulation.unlearning_benchmark import UnlearningBenchmark, client_with_most_data, run_benchmark
+from nebula.simulation.unlearning_levels import sharded_level
 
 LEVELS = ("collaborative", "isolated")
 MODES = ("reaggregate", "exact-replay", "fast-correction")
@@ -82,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         client = client_with_most_data(_config(args, level))
         config = _config(args, level, canary_client=int(client.rsplit("-", 1)[1]))
-        t0 = time.perf_counter()
-        bench = UnlearningBenchmark(
-            config, args.workdir / f"{args.clients}clients" / level, client=client, modes=tuple(args.modes.split(","))
-        )
-        result = run_benchmark(bench, say=lambda line, level=level: print(f"[{level}] {line}", flush=True))
-        results["rows"].extend(_rows(level, result.summary))
+        t0, folder = time.perf_counter(), args.workdir / f"{args.clients}clients" / level.replace(":", "-")
+        say = lambda line, level=level: print(f"[{level}] {line}", flush=True)  # noqa: E731
+        if config.federation.shard_count() is not None:
+            summary = sharded_level(config, folder, client, say=say)
+        else:
+            bench = UnlearningBenchmark(config, folder, client=client, modes=tuple(args.modes.split(",")))
+            summary = run_benchmark(bench, say=say).summary
+        results["rows"].extend(_rows(level, summary))
         results.setdefault("config", {})[level] = config.to_flat()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=float) + "\n")

@@ -183,6 +183,8 @@ def _simulate(preset: str, baselines: tuple[str, ...], parallel: int | None, ver
     config = checked.config
     for note in checked.notes:
         say(note)
+    if config.federation.shard_count() is not None:
+        return _simulate_sharded(config, baselines, parallel, verbose)
 
     from nebula.simulation.baselines import BASELINES
     from nebula.simulation.engine import simulate
@@ -206,6 +208,41 @@ def _simulate(preset: str, baselines: tuple[str, ...], parallel: int | None, ver
         results.append(BASELINES[name](config))
         say(f"baseline {name} done in {results[-1].seconds:.0f} s")
     _write_results(config, history, results, out)
+    return 0
+
+
+def _simulate_sharded(config, baselines: tuple[str, ...], parallel: int | None, verbose: bool) -> int:
+    """``--isolation sharded:S``: each shard's federation, the global student distilled from the shard teachers
+    (simulation/sharded.py), the baselines, and the table: one row per shard, one for the sharded federation."""
+    from nebula.simulation.baselines import BASELINES
+    from nebula.simulation.report import baseline_row
+    from nebula.simulation.sharded import MANIFEST, run_sharded, write_results
+
+    quiet_libraries(verbose)  # after the imports: importing flwr resets its logger to DEBUG
+    out, rounds, shards = Path(config.federation.output_dir), config.federation.rounds, config.federation.shard_count()
+    say(
+        f"nebula: {config.data.num_clients} clients ({config.model.student}) in {shards} shards, teacher "
+        f"{config.model.teacher} per shard, {config.data.dataset}, {rounds} rounds, rule "
+        f"{config.federation.aggregation} -> {out}"
+    )
+    t0, done = time.perf_counter(), []
+    with progress("rounds", shards * rounds) as step:
+
+        def show(shard: int, s: dict) -> None:
+            done.append(s)
+            step(f"[shard-{shard}] " + round_line(s, rounds), len(done), shards * rounds)
+
+        results = run_sharded(config, on_round=show, workers=parallel, verbose=verbose)
+    say(f"shards and global student done in {time.perf_counter() - t0:.0f} s")
+    rows = []
+    for name in baselines:
+        say(f"baseline {name} ...")
+        rows.append(baseline_row(BASELINES[name](config)))
+        say(f"baseline {name} done in {rows[-1]['seconds']:.0f} s")
+    table = write_results(out, results, rows)
+    say("")
+    print_tables(table + "\n")
+    say(f"results: {out / 'results.md'}, {out / 'results.json'}; shards: {out / MANIFEST}")
     return 0
 
 

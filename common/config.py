@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -98,6 +99,10 @@ class ModelConfig:
         return self.student
 
 
+# The global student's intermediate-layer loss weights (TrainConfig; learning/deep_fit.py applies them).
+DEEP_STUDENT_WEIGHTS = ("student_hidden_weight", "student_attention_weight", "student_relation_weight")
+
+
 @dataclass
 class TrainConfig:
     lr: float = _opt(2e-3, "AdamW learning rate of the edge students")
@@ -125,6 +130,27 @@ class TrainConfig:
         "what the global student distills on: pool (teacher's predictions on the whole public pool) or seen",
         choices=("pool", "seen"),
     )
+    student_hidden_weight: float = _opt(
+        0.0,
+        "global student: weight of the hidden-state MSE to the teacher's mapped layers (TinyBERT); needs the "
+        "teacher's tokenizer and width (0 = logits only)",
+    )
+    student_attention_weight: float = _opt(
+        0.0,
+        "global student: weight of the attention-map KL to the teacher's mapped layers; needs the teacher's "
+        "tokenizer and head count (0 = off)",
+    )
+    student_relation_weight: float = _opt(
+        0.0,
+        "global student: weight of the self-attention relation KL (MiniLM v2); needs the teacher's tokenizer, "
+        "any width or head count (0 = off)",
+    )
+    student_layer_map: str = _opt(
+        "uniform",
+        "teacher layer each student layer learns from, for the three weights above: uniform (student layer m <- "
+        "teacher layer m*N/M), last (the teacher's last M), one teacher layer per student layer ('2,4,6') or "
+        "student:teacher pairs ('1:2,3:6')",
+    )
     eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
     threads: int = _opt(0, "torch threads of an edge client (0 = let torch decide)")
     teacher_threads: int = _opt(0, "torch threads of the teacher node (0 = every core: it works while clients wait)")
@@ -142,9 +168,38 @@ class TrainConfig:
         for name in ("local_epochs", "digest_epochs", "teacher_epochs", "student_epochs", "threads", "teacher_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in DEEP_STUDENT_WEIGHTS:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"train.{name} must be a finite number >= 0, got {value}")
+        self.layer_map_kind()  # raises on a misspelt map
+
+    def deep_student_weights(self) -> dict[str, float]:
+        """``{"hidden": w, "attention": w, "relation": w}``: the global student's intermediate-layer terms."""
+        return {name.split("_")[1]: float(getattr(self, name)) for name in DEEP_STUDENT_WEIGHTS}
+
+    def layer_map_kind(self) -> str | tuple[int, ...] | tuple[tuple[int, int], ...]:
+        """``student_layer_map`` as ``nebula.learning.deep_losses.layer_map`` takes it: ``"uniform"``, ``"last"``,
+        one teacher layer per student layer (``(2, 4, 6)``) or ``(student, teacher)`` pairs (``((1, 2), (3, 6))``).
+        Whether the layers exist is checked against the models, when the student distils."""
+        text = self.student_layer_map.strip()
+        if text in ("uniform", "last"):
+            return text
+        try:
+            entries = [tuple(int(x) for x in e.split(":")) for e in text.split(",")]
+        except ValueError:
+            entries = []
+        sizes = {len(e) for e in entries}
+        if sizes not in ({1}, {2}) or any(x < 0 for e in entries for x in e):
+            raise ConfigError(
+                "train.student_layer_map must be uniform, last, teacher layers like '2,4,6' or student:teacher "
+                f"pairs like '1:2,3:6' (layers >= 0), got {self.student_layer_map!r}"
+            )
+        return tuple(e[0] for e in entries) if sizes == {1} else tuple(entries)
 
 
-ISOLATION_LEVELS = ("collaborative", "isolated")
+ISOLATION_LEVELS = ("collaborative", "isolated")  # and sharded:S (FederationConfig.shard_count)
+_SHARDED = re.compile(r"sharded:([0-9]+)")
 
 
 @dataclass
@@ -175,8 +230,9 @@ class FederationConfig:
         "the teacher's targets and start from the global student; best accuracy; forgetting is approximate) or "
         "isolated (each client answers from an expert trained only on its own data, with a uniform label prior; the "
         "server applies the federation's prior to the consensus; forgetting a client is a server-side "
-        "recomputation, exact by construction: nebula unlearn --mode exact-replay)",
-        choices=ISOLATION_LEVELS,
+        "recomputation, exact by construction: nebula unlearn --mode exact-replay) or sharded:S (S >= 2 shards of "
+        "clients, each its own collaborative federation and teacher; the global student distils from the shard "
+        "teachers' ensemble; forgetting a client retrains its shard only, exact: simulation/sharded.py)",
     )
     exclude_clients: str = _opt(
         "",
@@ -218,10 +274,10 @@ class FederationConfig:
 
     def validate(self) -> None:
         _positive(self, "rounds", "public_per_round", "min_replies", "reply_timeout")
-        if self.isolation not in ISOLATION_LEVELS:
+        if self.isolation not in ISOLATION_LEVELS and self.shard_count() is None:
             raise ConfigError(
-                f"federation.isolation must be one of {', '.join(ISOLATION_LEVELS)}, got {self.isolation!r}"
-                + (" (sharded:S is designed but not built yet)" if self.isolation.startswith("sharded") else "")
+                f"federation.isolation must be one of {', '.join(ISOLATION_LEVELS)} or sharded:S (S >= 2 shards), "
+                f"got {self.isolation!r}"
             )
         if self.client_init not in ("global-student", "own"):
             raise ConfigError(f"federation.client_init must be global-student or own, got {self.client_init!r}")
@@ -229,6 +285,19 @@ class FederationConfig:
             raise ConfigError(f"federation.wire_dtype must be float16, float32 or int8, got {self.wire_dtype!r}")
         self.inference_exports()  # parses the entries, raising on a malformed one
         self.adversary_kinds()
+
+    def shard_count(self) -> int | None:
+        """S of ``isolation = "sharded:S"``, None for the other levels; ConfigError for a ``sharded`` value
+        that is not ``sharded:`` and a whole number >= 2 (whether S <= data.num_clients: NebulaConfig.validate)."""
+        if not self.isolation.startswith("sharded"):
+            return None
+        match = _SHARDED.fullmatch(self.isolation)
+        if match is None or int(match[1]) < 2:
+            raise ConfigError(
+                f"federation.isolation {self.isolation!r}: sharded:S needs a whole number S >= 2 of shards, "
+                "e.g. 'sharded:2'"
+            )
+        return int(match[1])
 
     def adversary_kinds(self) -> dict[int, tuple[str, tuple[int, ...]]]:
         """``adversaries`` as ``{client index: (kind, arguments)}`` (client/adversary.py).
@@ -295,6 +364,12 @@ class NebulaConfig:
             raise ConfigError(
                 f"federation.min_replies ({self.federation.min_replies}) exceeds data.num_clients "
                 f"({self.data.num_clients})"
+            )
+        shards = self.federation.shard_count()
+        if shards is not None and shards > self.data.num_clients:
+            raise ConfigError(
+                f"federation.isolation {self.federation.isolation!r}: {shards} shards for data.num_clients "
+                f"({self.data.num_clients}); S must be at most the number of clients"
             )
         return self
 

@@ -7,7 +7,11 @@ the ids of this round's public inputs:
 1. the teacher trains its LoRA ``train.teacher_epochs`` epochs toward all gathered targets (KL at T),
 2. it labels the student's inputs (the whole public pool, ``train.student_inputs = "pool"``, or the
    gathered ids) and answers its logits on this round's inputs as the refined targets,
-3. the global student distills ``train.student_epochs`` epochs from the teacher's ``softmax(z / T)``.
+3. the global student distills ``train.student_epochs`` epochs from the teacher's ``softmax(z / T)``: with
+   :func:`~nebula.learning.training.fit` on the logits alone while ``train.student_hidden_weight``,
+   ``student_attention_weight`` and ``student_relation_weight`` are all 0 (the default), else with
+   :func:`~nebula.learning.deep_fit.deep_fit`, which adds those intermediate-layer terms (teacher and student
+   must then share a tokenizer: checked, with the rest of what the terms need, before anything trains).
 
 **Deterministic.** The data order of each fit comes from :func:`round_seed`, and the torch random
 state (dropout of the base model in train mode) is seeded from the same number inside a forked RNG,
@@ -25,8 +29,11 @@ import torch
 from nebula.common.config import NebulaConfig
 from nebula.common.federation_data import FederationData
 from nebula.common.probabilities import softmax
+from nebula.learning.deep_fit import deep_fit, deep_layer_pairs
+from nebula.learning.deep_losses import LayerMap
 from nebula.learning.models import Learner
-from nebula.learning.training import FitResult, encode, fit, predict_logits
+from nebula.learning.schedule import LossWeights
+from nebula.learning.training import Encoded, FitResult, encode, fit, predict_logits
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ def teach_step(
     """
     cfg = config.train
     T, max_len = cfg.temperature, config.data.max_length
+    student_ids = np.arange(len(data.public)) if cfg.student_inputs == "pool" else gathered_ids
+    texts = data.public_texts(student_ids)
+    enc_teacher, enc_student = (encode(x.tokenizer, texts, max_length=max_len) for x in (teacher, student))
+    deep = _deep_plan(teacher, student, enc_teacher, enc_student, config)  # raises before anything trains
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc_all = encode(teacher.tokenizer, data.public_texts(gathered_ids), max_length=max_len)
@@ -78,16 +89,10 @@ def teach_step(
             micro_batch_size=cfg.micro_batch_size,
             seed=seed,
         )
-        student_ids = np.arange(len(data.public)) if cfg.student_inputs == "pool" else gathered_ids
-        texts = data.public_texts(student_ids)
-        teacher_logits = predict_logits(teacher.model, encode(teacher.tokenizer, texts, max_length=max_len))  # (S, C)
+        teacher_logits = predict_logits(teacher.model, enc_teacher)  # (S, C)
         pos = {int(i): k for k, i in enumerate(student_ids)}
         refined = teacher_logits[[pos[int(i)] for i in round_ids]]  # (N_round, C)
-        enc_student = encode(student.tokenizer, texts, max_length=max_len)
-        student_fit = fit(
-            student.model,
-            enc_student,
-            targets=softmax(teacher_logits, temperature=T),
+        fit_args = dict(
             epochs=cfg.student_epochs,
             temperature=T,
             lr=cfg.lr,
@@ -95,4 +100,25 @@ def teach_step(
             micro_batch_size=cfg.micro_batch_size,
             seed=seed + 1,
         )
+        if deep is None:
+            student_fit = fit(student.model, enc_student, targets=softmax(teacher_logits, temperature=T), **fit_args)
+        else:
+            weights, mapping = deep
+            student_fit = deep_fit(
+                student.model, teacher.model, enc_student, weights=weights, mapping=mapping, **fit_args
+            )
     return TeachResult(refined, teacher_fit, student_fit)
+
+
+def _deep_plan(
+    teacher: Learner, student: Learner, enc_teacher: Encoded, enc_student: Encoded, config: NebulaConfig
+) -> tuple[LossWeights, LayerMap] | None:
+    """The student's loss weights and layer map where ``train`` weighs an intermediate-layer term, else None
+    (the logits-only :func:`~nebula.learning.training.fit`). ValueError where the two learners cannot support
+    the terms (:func:`~nebula.learning.deep_fit.deep_layer_pairs`)."""
+    deep = config.train.deep_student_weights()
+    if not any(w > 0 for w in deep.values()):
+        return None
+    weights = LossWeights(kd=1.0, **deep)
+    kind = config.train.layer_map_kind()
+    return weights, deep_layer_pairs(teacher, student, enc_teacher, enc_student, weights=weights, kind=kind)

@@ -31,7 +31,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from nebula.common import keys
-from nebula.common.config import NebulaConfig
+from nebula.common.config import ConfigError, NebulaConfig
 from nebula.common.messages import Envelope, FinishRequest, RoundReply, RoundRequest
 from nebula.common.run_folder import RunFolder
 from nebula.server.aggregation import get_rule
@@ -113,6 +113,12 @@ class Federation:
     """Runs the rounds of one federation over ``grid``; each round's summary goes to ``on_round``."""
 
     def __init__(self, grid: Grid, config: NebulaConfig, *, on_round: Callable[[dict], None] | None = None) -> None:
+        if config.federation.shard_count() is not None:  # S federations, not one: simulation/sharded.py runs them
+            raise ConfigError(
+                f"federation.isolation {config.federation.isolation!r} is S federations, not one: run it with "
+                "`nebula simulate --isolation sharded:S` (simulation/sharded.py); one federation is collaborative "
+                "or isolated"
+            )
         self.grid, self.config = grid, config
         self.folder = RunFolder(Path(config.federation.output_dir))
         self.folder.root.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nebula.common.config import NebulaConfig
+from nebula.common.config import ConfigError, NebulaConfig
 from nebula.common.run_folder import RunFolder
 from nebula.deploy.local import PROJECT_ROOT, free_port
 from nebula.deploy.processes import Started, spawn, stop
@@ -222,6 +222,11 @@ def simulate(
         a client's failure still reaches the server as an error reply with its reason, and the
         log's end is shown if the run fails.
     """
+    if config.federation.shard_count() is not None:
+        raise ConfigError(
+            f"federation.isolation {config.federation.isolation!r}: a sharded run is S federations; "
+            "run it with nebula.simulation.sharded.run_sharded (what `nebula simulate` does)"
+        )
     config, nodes, cpus = _node_config(config, workers)
     out = Path(config.federation.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ forgetting by design): for the original, each mode and the retrained federation,
 * ``client_rounds``: client-rounds of computation the variant needed (the retrained federation: every
   contribution in its ledger; the unlearning modes run on the server alone: 0);
 * ``seconds`` and ``speedup`` (the retrained federation's seconds over the mode's).
+
+A ``sharded:S`` level (simulation/sharded.py) has one mode, ``shard-retrain``, and its own runner
+(:func:`sharded_level`): the same figures, the teacher being the shard teachers' ensemble, the parameter
+distance the largest over the shard teachers, the reference the sharded federation retrained without the client.
 """
 
 from __future__ import annotations
@@ -101,3 +105,95 @@ def level_summary(
             figures["mean_client_acc"] = _mean_client_acc(folder)
         out[variant] = figures
     return out
+
+
+# -- sharded:S: the shard retrained, against the sharded federation retrained ------------------------------------
+SHARD_RETRAIN = "shard-retrain"  # the sharded level's one unlearning mode (simulation/sharded.py, ``forget``)
+
+
+def _sharded_models(out: Path) -> tuple[list[Path | None], Path]:
+    """The shard folders (None: a shard with no client left) and the global student folder a run's manifest names."""
+    from nebula.simulation.sharded import Manifest
+
+    manifest = Manifest.read(out)
+    return [out / f if f else None for f in manifest.folders], out / manifest.global_student
+
+
+def _sharded_figures(config, models: tuple[list[Path | None], Path], reference, canary_texts: list[str]) -> dict:
+    """Parameter distances to ``reference``'s models (the largest over the shard teachers; the global student) and
+    the canary's success on the ensemble teacher and the global student."""
+    from nebula.simulation.ensemble import load_global_student, predict, teacher_state
+
+    (shards, student), (ref_shards, ref_student) = models, reference
+    teacher = [
+        max_abs_difference(teacher_state(a), teacher_state(b)) if a and b else 0.0 if a == b else float("inf")
+        for a, b in zip(shards, ref_shards, strict=True)
+    ]
+    figures = {
+        "param_distance": {
+            "teacher": max(teacher),
+            "student": max_abs_difference(load_global_student(student), load_global_student(ref_student)),
+        }
+    }
+    if canary_texts:
+        canary = Canary.parse(config.data.canary)
+        answers = predict(config, [s for s in shards if s], student, canary_texts)
+        figures["canary_success"] = {m: float(np.mean(np.argmax(answers[m], axis=1) == canary.target)) for m in MODELS}
+    return figures
+
+
+def sharded_level(config, out: Path, client: str, *, say=print) -> dict:
+    """``{variant: figures}`` of a ``sharded:S`` level, as :func:`level_summary` gives them for the others: the
+    sharded federation (``original``), forgetting ``client`` by retraining its shard (``shard-retrain``), and the
+    sharded federation run from scratch without it (``retrained``). ``teacher_acc`` is the shard teachers'
+    ensemble's; ``exact`` holds by construction for ``shard-retrain`` and ``param_distance`` measures it."""
+    import dataclasses
+    import time
+
+    from nebula.common.canary import triggered
+    from nebula.common.federation_data import build_federation_data
+    from nebula.simulation import sharded
+
+    def run(folder: Path, excluded: set[str]) -> tuple[dict, float]:
+        fed = dataclasses.replace(config.federation, output_dir=str(folder), exclude_clients=",".join(sorted(excluded)))
+        t0 = time.perf_counter()
+        return sharded.run_sharded(dataclasses.replace(config, federation=fed)), time.perf_counter() - t0
+
+    original, seconds_original = run(out / "original", config.federation.excluded())
+    say(f"original sharded federation: {seconds_original:.0f} s; forgetting {client}")
+    before = _sharded_models(out / "original")
+    cost = sharded.forget(out / "original", client)
+    say(f"{SHARD_RETRAIN}: {cost['seconds']:.0f} s, {cost['client_rounds']} client-rounds")
+    retrained, seconds_retrained = run(out / "retrained", config.federation.excluded() | {client})
+    say(f"retrained sharded federation: {seconds_retrained:.0f} s")
+    data, canary = build_federation_data(config.data), Canary.parse(config.data.canary)
+    texts = []
+    if canary is not None:  # the test inputs of other classes, with the trigger (as nebula unlearn benchmark's)
+        keep = data.test[data.labels(data.test) != canary.target]
+        texts = [triggered(t) for t in data.texts(keep)]
+    variants = {  # models, global student figures, client-rounds, seconds, exact
+        "original": (before, original["global_student"], original["total"]["client_rounds"], seconds_original, None),
+        SHARD_RETRAIN: (
+            _sharded_models(out / "original"), cost["global_student"], cost["client_rounds"], cost["seconds"], True
+        ),
+        "retrained": (
+            _sharded_models(out / "retrained"), retrained["global_student"], retrained["total"]["client_rounds"],
+            seconds_retrained, None,
+        ),
+    }  # fmt: skip
+    reference = variants["retrained"][0]
+    summary = {}
+    for variant, (models, student, client_rounds, seconds, exact) in variants.items():
+        summary[variant] = {
+            "teacher_acc": student["ensemble_acc"],
+            "student_acc": student["student_acc"],
+            "exact": exact,
+            "canary_success": None,
+            **_sharded_figures(config, models, reference, texts),
+            "client_rounds": client_rounds,
+            "seconds": seconds,
+            "speedup": seconds_retrained / seconds if variant == SHARD_RETRAIN else None,
+        }
+    for figures in summary.values():
+        figures["canary_success_retrained"] = summary["retrained"]["canary_success"]
+    return summary

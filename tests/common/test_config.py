@@ -78,5 +78,4 @@ def test_isolation_levels_and_excluded_clients():
     assert config.federation.isolation == "isolated" and config.federation.excluded() == {"client-3", "x"}
     with pytest.raises(ConfigError, match="federation.isolation must be one of collaborative, isolated"):
         NebulaConfig.from_flat({"federation.isolation": "shared"})
-    with pytest.raises(ConfigError, match="sharded:S is designed but not built yet"):
-        NebulaConfig.from_flat({"federation.isolation": "sharded:3"})
+    assert NebulaConfig.from_flat({"federation.isolation": "sharded:3"}).federation.shard_count() == 3
