@@ -8,7 +8,8 @@ same effective batch as a server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,18 @@ def _collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 def _pad_id(model) -> int:
     return getattr(model.config, "pad_token_id", None) or 0
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` for the block, restored after (a fixed count keeps
+    reductions, hence results, repeatable; a benchmark's latency is measured at a stated count)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()

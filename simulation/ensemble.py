@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,6 @@ def ensemble_targets(logits: Sequence[np.ndarray], *, temperature: float) -> np.
     if not logits:
         raise ValueError("no shard teacher to distil from: every shard is empty")
     return np.mean([softmax(np.asarray(z, dtype=np.float64), temperature=temperature) for z in logits], axis=0)
-
-
-@contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """torch's thread count for the block: the teacher node's, so a distillation repeats bit for bit."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def teacher_state(folder: Path) -> dict:
@@ -83,11 +69,11 @@ def distil_global_student(config: NebulaConfig, shard_folders: Sequence[Path], o
 
     from nebula.common.federation_data import build_federation_data
     from nebula.learning.models import learner_for, load_trainable_state, save_adapter, trainable_state
-    from nebula.learning.training import encode, fit, predict_logits
+    from nebula.learning.training import encode, fit, predict_logits, torch_threads
 
     t0, data, cfg = time.perf_counter(), build_federation_data(config.data), config.train
     labels = data.labels(data.test)
-    with _threads(cfg.teacher_threads or os.cpu_count() or 1):
+    with torch_threads(cfg.teacher_threads or os.cpu_count() or 1):
         pool_texts = data.public_texts(np.arange(len(data.public)))
         logits = teacher_logits(
             config, shard_folders, {"pool": pool_texts, "test": data.texts(data.test)}, data.num_classes
@@ -114,13 +100,14 @@ def distil_global_student(config: NebulaConfig, shard_folders: Sequence[Path], o
             student.model, encode(student.tokenizer, data.texts(data.test), max_length=max_len)
         )
     acc, f1, share = scores(test_logits, labels)
+    per_teacher = [scores(z, labels) for z in on_test]  # (acc, f1, top share) of each shard teacher
     figures = {
         "student_acc": acc,
         "student_f1": f1,
         "student_top_share": share,
         "ensemble_acc": scores(ensemble_targets(on_test, temperature=1.0), labels)[0],
-        "teacher_accs": [scores(z, labels)[0] for z in on_test],
-        "teacher_top_shares": [scores(z, labels)[2] for z in on_test],
+        "teacher_accs": [acc for acc, _, _ in per_teacher],
+        "teacher_top_shares": [share for _, _, share in per_teacher],
         "distil_epochs": epochs,
     }
     note = f"Distilled from the ensemble of {len(shard_folders)} shard teachers ({config.federation.isolation})."
@@ -143,10 +130,10 @@ def predict(
     probabilities; ``student`` the logits ``(N, C)`` of the global student in ``student_dir``."""
     from nebula.common.federation_data import build_federation_data
     from nebula.learning.models import learner_for, load_trainable_state
-    from nebula.learning.training import encode, predict_logits
+    from nebula.learning.training import encode, predict_logits, torch_threads
 
     num_classes = build_federation_data(config.data).num_classes
-    with _threads(config.train.teacher_threads or os.cpu_count() or 1):
+    with torch_threads(config.train.teacher_threads or os.cpu_count() or 1):
         each = teacher_logits(config, shard_folders, {"texts": texts}, num_classes)["texts"]  # S x (N, C)
         ensemble = ensemble_targets(each, temperature=1.0)  # (N, C)
         student = learner_for(config, config.model.student, num_classes)

@@ -121,11 +121,9 @@ def _torch_side(
     import torch
 
     from nebula.deploy.export.merge import load_adapter_model
-    from nebula.learning.training import encode, predict_logits
+    from nebula.learning.training import encode, predict_logits, torch_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         model, tokenizer, _, _ = load_adapter_model(adapter_dir, base=base)
         encoded = encode(tokenizer, texts, max_length=max_length)
         logits = predict_logits(model, encoded)
@@ -137,8 +135,6 @@ def _torch_side(
                 latency[n] = median_ms(
                     lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask), repeats=repeats
                 )
-    finally:
-        torch.set_num_threads(previous)
     return {"logits": logits, "latency_ms": latency, "size_mb": source_fp32_mb(adapter_dir, base=base)}
 
 
