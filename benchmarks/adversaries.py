@@ -2,8 +2,8 @@
 
 A cell is one simulated federation (the path ``nebula simulate`` takes: preset, preflight, Flower's
 simulation engine) with a share of the clients adversarial (``federation.adversaries``, client/adversary.py;
-by default 20%: 2 of 10, the last client indices) and one rule: ``class-contrast``, ``median``,
-``trimmed-mean`` (reputation off) or ``class-contrast+reputation`` (``federation.reputation``,
+by default 20%: 2 of 10, the last client indices) and one rule: ``class-contrast``, ``robust-contrast``, ``median``,
+``trimmed-mean`` (reputation off) or a rule with ``+reputation`` (``federation.reputation``,
 server/reputation.py). ``clean`` is the run without adversaries; every ``collude`` adversary colludes with
 the others. A cell records the last round's mean client, teacher and global student accuracy, and its delta
 against the clean cell of the same rule and seed.
@@ -34,7 +34,14 @@ import numpy as np
 from nebula.common.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ("class-contrast", "class-contrast+reputation", "median", "trimmed-mean")
+RULES = (
+    "class-contrast",
+    "class-contrast+reputation",
+    "robust-contrast",
+    "robust-contrast+reputation",
+    "median",
+    "trimmed-mean",
+)
 ATTACKS = ("random", "inverted", "flip=0>1", "collude")
 METRICS = {"client": "mean_client_acc", "teacher": "teacher_acc", "student": "student_acc"}
 REPUTATION = "+reputation"

@@ -207,7 +207,8 @@ class FederationConfig:
     rounds: int = _opt(3, "federation rounds")
     public_per_round: int = _opt(300, "public inputs the clients answer each round")
     aggregation: str = _opt(
-        "class-contrast", "aggregation rule: class-contrast, mean, entropy, class-support, median, trimmed-mean"
+        "class-contrast",
+        "aggregation rule: class-contrast, robust-contrast, mean, entropy, class-support, median, trimmed-mean",
     )
     min_replies: int = _opt(2, "valid client replies needed to aggregate a round")
     wire_dtype: str = _opt("float16", "dtype of logits on the wire", choices=("float16", "float32", "int8"))

@@ -44,7 +44,7 @@ import numpy as np
 from nebula.server.aggregation.base import AggregationError, AggregationRule
 from nebula.server.aggregation.registry import register
 
-_LOG_FLOOR = 1e-12  # probabilities below this are treated as this (log stays finite)
+LOG_FLOOR = 1e-12  # probabilities below this are treated as this (log stays finite)
 _TOLERANCE = 1e-10  # sweeps stop when no entry of f moves more than this
 
 
@@ -63,40 +63,53 @@ class ClassContrastRule(AggregationRule):
 
     def __init__(self, *, sweeps: int = 2000) -> None:
         if not isinstance(sweeps, int) or sweeps < 1:
-            raise AggregationError(f"class-contrast: sweeps must be a positive integer, got {sweeps!r}")
+            raise AggregationError(f"{self.name}: sweeps must be a positive integer, got {sweeps!r}")
         self.sweeps = sweeps
 
     def combine(self, p: np.ndarray, w: np.ndarray, support: np.ndarray | None) -> np.ndarray:
-        z = np.log(np.clip(p, _LOG_FLOOR, None))  # (K, N, C)
+        z = np.log(np.clip(p, LOG_FLOOR, None))  # (K, N, C)
         s = np.repeat(w[:, None], z.shape[2], axis=1) if support is None else support
-        f = contrast_fit(z, s, w, sweeps=self.sweeps)  # (N, C)
+        f = self.fit(z, s, w)  # (N, C)
         f -= f.max(axis=1, keepdims=True)
         e = np.exp(f)
         return e / e.sum(axis=1, keepdims=True)
 
+    def fit(self, z: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The log-posterior ``f`` (N, C) from ``z`` (K, N, C), ``s`` (K, C), ``w`` (K,): least squares."""
+        return contrast_fit(z, s, w, sweeps=self.sweeps)
 
-def contrast_fit(z: np.ndarray, s: np.ndarray, w: np.ndarray, *, sweeps: int) -> np.ndarray:
+
+def contrast_fit(
+    z: np.ndarray, s: np.ndarray, w: np.ndarray, *, sweeps: int, start: np.ndarray | None = None
+) -> np.ndarray:
     """Least-squares log-posterior ``f`` (N, C) from client log-probabilities.
 
     Parameters
     ----------
-    z : (K, N, C) log-probabilities; s : (K, C) per-class weights (0 = class not held);
-    w : (K,) client weights, used for classes no client holds.
+    z : (K, N, C) log-probabilities; s : (K, C) per-class weights (0 = class not held), or (K, N, C)
+    per-entry weights (a robust fit's reweighting, server/aggregation/robust_contrast.py);
+    w : (K,) client weights, used for classes no client holds; start : (N, C) first ``f``, or None
+    (the weighted mean log-probability).
     """
-    held = s.sum(axis=0) > 0  # (C,)
+    sub = "kc" if s.ndim == 2 else "knc"
+    held = s.sum(axis=0) > 0  # (C,) or (N, C)
     fw = w / w.sum()
-    f = np.tensordot(fw, z, axes=1)  # (N, C): weighted mean log-probability as the start
-    b = np.zeros(z.shape[:2])  # (K, N)
-    row = s.sum(axis=1)  # (K,)
+    f = np.tensordot(fw, z, axes=1) if start is None else start  # (N, C)
     for _ in range(sweeps):
         previous = f
-        # b_{k,n} = sum_c s_kc (z_knc - f_nc) / sum_c s_kc, for clients holding some class
-        b = np.where(
-            row[:, None] > 0, np.einsum("kc,knc->kn", s, z - f[None]) / np.where(row > 0, row, 1.0)[:, None], 0.0
-        )
-        resid = z - b[:, :, None]  # (K, N, C)
-        f_held = np.einsum("kc,knc->nc", s, resid) / np.where(held, s.sum(axis=0), 1.0)
-        f = np.where(held[None, :], f_held, np.tensordot(fw, resid, axes=1))
+        resid = z - client_offsets(z, f, s)[:, :, None]  # (K, N, C)
+        f_held = np.einsum(f"{sub},knc->nc", s, resid) / np.where(held, s.sum(axis=0), 1.0)
+        f = np.where(held, f_held, np.tensordot(fw, resid, axes=1))
         if np.abs(f - previous).max() < _TOLERANCE:
             break
     return f
+
+
+def client_offsets(z: np.ndarray, f: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``b`` (K, N): ``b_{k,n} = sum_c s_kc (z_knc - f_nc) / sum_c s_kc``, 0 for a client holding no class.
+
+    ``s`` is (K, C) or (K, N, C), as in :func:`contrast_fit`.
+    """
+    sub = "kc" if s.ndim == 2 else "knc"
+    row = s.sum(axis=-1).reshape(len(s), -1)  # (K, 1) or (K, N)
+    return np.where(row > 0, np.einsum(f"{sub},knc->kn", s, z - f[None]) / np.where(row > 0, row, 1.0), 0.0)

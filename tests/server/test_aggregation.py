@@ -316,3 +316,74 @@ def test_class_contrast_without_support_is_the_weighted_geometric_mean():
 def test_class_contrast_refuses_bad_sweeps(sweeps):
     with pytest.raises(AggregationError, match="sweeps must be a positive integer"):
         get_rule("class-contrast", sweeps=sweeps)
+
+
+# -- robust-contrast ------------------------------------------------------------------------
+
+
+def test_robust_contrast_recovers_the_posterior_from_partial_views():
+    """The same partial views as class-contrast's test: with no outlier the Huber fit is the least-squares one."""
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(N, C))
+    held = [[0, 1], [1, 2], [2, 3], [0, 3]]
+    z = np.empty((len(held), N, C))
+    support = np.zeros((len(held), C))
+    for k, classes in enumerate(held):
+        garbage = rng.normal(scale=5.0, size=(N, C))
+        garbage[:, classes] = f[:, classes] + rng.normal(size=(N, 1))
+        z[k] = _log_softmax(garbage)
+        support[k, classes] = rng.integers(5, 50, size=len(classes))
+    out = get_rule("robust-contrast").aggregate(np.exp(z), weights=np.ones(len(held)), support=support)
+    np.testing.assert_allclose(out, np.exp(_log_softmax(f)), atol=1e-6)
+
+
+def _flipped_round(n: int = 60):
+    """Eight clients lean to the truth by one logit with noise; two flip class 0 to class 1 by 6 logits on the
+    inputs of class 0 and hold the most class-0 examples (the ``flip`` attack where it hurts most)."""
+    rng = np.random.default_rng(5)
+    truth = np.arange(n) % C
+    honest = [np.eye(C)[truth] + rng.normal(0, 0.3, (n, C)) for _ in range(8)]
+    flipped = []
+    for k in range(2):
+        z = honest[k].copy()
+        z[truth == 0, 1] = z[truth == 0].max(axis=1) + 6.0
+        flipped.append(z)
+    probs = np.stack([np.exp(_log_softmax(z)) for z in honest + flipped])
+    support = np.vstack([np.full((8, C), 10.0), np.tile([40.0, 10.0, 10.0, 10.0], (2, 1))])
+    return probs, np.ones(10), support, truth
+
+
+def test_robust_contrast_holds_a_confident_minority_that_flips_class_contrast():
+    probs, weights, support, truth = _flipped_round()
+    plain = get_rule("class-contrast").aggregate(probs, weights=weights, support=support)
+    robust = get_rule("robust-contrast").aggregate(probs, weights=weights, support=support)
+    on_zero = truth == 0
+    assert (plain[on_zero].argmax(axis=1) == 1).mean() > 0.9  # least squares is carried by the two
+    assert (robust.argmax(axis=1) == truth).mean() > 0.95  # the Huber fit is not
+    clean = get_rule("robust-contrast").aggregate(probs[:8], weights=weights[:8], support=support[:8])
+    assert np.abs(robust[~on_zero] - clean[~on_zero]).max() < 0.1  # elsewhere the two flippers are honest
+
+
+def test_robust_contrast_bounds_the_pull_of_one_answer():
+    """One client shouting ever louder on one input moves the least-squares fit without bound, the Huber fit by a
+    bounded amount."""
+    probs, weights, support = _inputs(2)
+    support[support == 0] = 1.0
+
+    def moved(rule: str, shout: float) -> float:
+        z = np.log(probs).copy()
+        z[0, 0, 1] += shout
+        loud = np.exp(_log_softmax(z))
+        base = get_rule(rule).aggregate(probs, weights=weights, support=support)
+        return float(
+            np.abs(np.log(get_rule(rule).aggregate(loud, weights=weights, support=support)[0]) - np.log(base[0])).max()
+        )
+
+    assert moved("class-contrast", 20.0) > 3 * moved("class-contrast", 5.0) > 0
+    assert moved("robust-contrast", 20.0) < 1.1 * moved("robust-contrast", 5.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"iterations": 0}, {"sweeps": -1}, {"iterations": 1.5}])
+def test_robust_contrast_refuses_bad_settings(kwargs):
+    with pytest.raises(AggregationError, match="must be a positive integer"):
+        get_rule("robust-contrast", **kwargs)
