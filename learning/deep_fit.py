@@ -42,7 +42,7 @@ from nebula.learning.deep_distill import DeepLoss, capture_qkv, deep_distill_los
 from nebula.learning.deep_losses import LayerMap, layer_map
 from nebula.learning.models import Learner
 from nebula.learning.schedule import LossWeights
-from nebula.learning.training import Encoded, FitResult, _collate, _pad_id
+from nebula.learning.training import Encoded, FitResult, collate, pad_id_of
 
 # The configuration field behind each intermediate term, for error messages.
 _FIELDS = {
@@ -181,11 +181,11 @@ def _optimizer_step(
     the batch. Returns the batch's mean loss (``"total"``) and terms."""
     opt.zero_grad(set_to_none=True)
     out: dict[str, float] = {}
-    pad = _pad_id(student)
+    pad = pad_id_of(student)
     for m in range(0, len(batch), micro_batch_size):
         micro = batch[m : m + micro_batch_size]
         share = len(micro) / len(batch)
-        ids, mask = _collate([data.input_ids[i] for i in micro], pad)  # (b, L) each
+        ids, mask = collate([data.input_ids[i] for i in micro], pad)  # (b, L) each
         loss = _micro_batch_loss(student, teacher, ids, mask, **step)
         (loss.total * share).backward()
         for name, value in {"total": loss.total.item(), **loss.terms}.items():

@@ -37,7 +37,7 @@ def encode(tokenizer, texts: Sequence[str], *, max_length: int) -> Encoded:
     return Encoded(ids)
 
 
-def _collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -47,7 +47,7 @@ def _collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask  # (B, L), (B, L)
 
 
-def _pad_id(model) -> int:
+def pad_id_of(model) -> int:
     return getattr(model.config, "pad_token_id", None) or 0
 
 
@@ -70,7 +70,7 @@ def predict_logits(model, data: Encoded, *, batch_size: int = 64) -> np.ndarray:
     order = np.argsort([len(r) for r in data.input_ids], kind="stable")
     out: list[torch.Tensor] = []
     for start in range(0, len(order), batch_size):
-        ids, mask = _collate([data.input_ids[i] for i in order[start : start + batch_size]], _pad_id(model))
+        ids, mask = collate([data.input_ids[i] for i in order[start : start + batch_size]], pad_id_of(model))
         out.append(model(input_ids=ids, attention_mask=mask).logits.float())
     logits = torch.cat(out).numpy() if out else np.zeros((0, model.config.num_labels), np.float32)
     result = np.empty_like(logits)
@@ -131,7 +131,7 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.AdamW(params, lr=lr)
     rng = np.random.default_rng(seed)
-    pad = _pad_id(model)
+    pad = pad_id_of(model)
     model.train()
     losses, steps = [], 0
     # Dropout draws from torch's global generator: seeded here, inside a fork that restores it afterwards, so a
@@ -198,7 +198,7 @@ def _optimizer_step(
     batch_loss = 0.0
     for m in range(0, len(batch), micro_batch_size):
         micro = batch[m : m + micro_batch_size]
-        ids, mask = _collate([data.input_ids[i] for i in micro], pad)
+        ids, mask = collate([data.input_ids[i] for i in micro], pad)
         logits = model(input_ids=ids, attention_mask=mask).logits  # (b, C)
         y = torch.as_tensor(labels[micro]) if labels is not None else None
         if targets is None:

@@ -143,7 +143,7 @@ def fit_epochs(rows: dict[str, int], batch_size: int, current: dict[str, int]) -
     """
     fitted = {}
     for name, n in rows.items():
-        steps = max(1, -(-max(1, n) // batch_size))  # ceil(n / batch)
+        steps = -(-max(1, n) // batch_size)  # ceil(n / batch), at least 1
         fitted[name] = max(current[name], -(-MIN_STEPS // steps))
     return fitted
 
