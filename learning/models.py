@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,15 @@ def load_learner(
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(seed)
     # The load report lists the new classification head as "missing": expected here, noise in a run.
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per client per round otherwise
     try:
         base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
@@ -89,9 +93,13 @@ def load_learner(
         lora_dropout=lora.dropout,
         target_modules=LORA_TARGETS.get(base.config.model_type),
     )
-    model = get_peft_model(base, config)
+    with warnings.catch_warnings():
+        # PEFT 0.x reads transformers' deprecated ``is_gradient_checkpointing``: its FutureWarning is theirs, not
+        # the user's, and otherwise prints on every client's every round.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base, config)
     learner = Learner(name_or_path, model, tokenizer, trainable_state(model))
-    log.info("loaded %s (%d trainable parameters)", name_or_path, learner.num_trainable)
+    log.debug("loaded %s (%d trainable parameters)", name_or_path, learner.num_trainable)
     _CACHE[key] = learner
     return learner
 
