@@ -18,6 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from nebula.common.metrics import one_class
+
 NOISY_LIBRARIES = ("flwr", "ray", "transformers", "httpx", "matplotlib", "alembic")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -138,3 +140,24 @@ def _numeric(cell: str) -> bool:
     """A number as the tables print it: ``58.6``, ``4,216``, ``87.3%``, ``64.0\N{DAGGER}``, or ``-`` for none."""
     text = cell.replace(",", "").rstrip("%\N{DAGGER}").strip()
     return text == "-" or re.fullmatch(r"[+-]?\d+(\.\d+)?", text) is not None
+
+
+def _scored(acc: float | None, f1: float | None, share: float | None = None) -> str:
+    """``45.0% F1 40.1%``, plus ``ONE CLASS (97%)`` for a model that answers (nearly) one class."""
+    flag = f" ONE CLASS ({pct(share)})" if one_class(share) else ""
+    return pct(acc) + (f" F1 {pct(f1)}" if f1 is not None else "") + flag
+
+
+def round_line(s: dict, total_rounds: int) -> str:
+    """One round's progress line from its summary (a row of the run folder's metrics.jsonl)."""
+    rejected = f" ({len(s['rejected'])} left out: {', '.join(s['rejected'])})" if s["rejected"] else ""
+    shares = [m["top_share"] for m in s.get("clients", {}).values() if "top_share" in m]
+    flagged = sum(one_class(x) for x in shares)
+    clients_flag = f" ONE CLASS: {flagged}/{len(shares)} clients" if flagged else ""
+    return (
+        f"[round {s['round']}/{total_rounds}] {s['accepted']} replies{rejected}"
+        f" | mean client {_scored(s['mean_client_acc'], s.get('mean_client_f1'))}{clients_flag}"
+        f" | teacher {_scored(s['teacher_acc'], s.get('teacher_f1'), s.get('teacher_top_share'))}"
+        f" | global student {_scored(s['student_acc'], s.get('student_f1'), s.get('student_top_share'))}"
+        f" | up {s['bytes_up_per_client']:,.0f} B/client | {s['seconds']:.0f} s"
+    )

@@ -23,9 +23,9 @@ import typer
 from typer.core import TyperGroup
 
 from nebula.cli._args import CommaList, ConfigOptions, Preset, Verbose, command, with_flags
-from nebula.cli._output import fail, pct, print_tables, progress, quiet_libraries, say
+from nebula.cli._output import fail, pct, print_tables, progress, quiet_libraries, round_line, say
 from nebula.common.config import ConfigError
-from nebula.common.metrics import majority_rate, one_class
+from nebula.common.metrics import majority_rate
 from nebula.common.presets import preset_config
 from nebula.common.run_folder import RunFolder
 from nebula.server.aggregation import available_rules
@@ -111,27 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- simulate and benchmark ---------------------------------------------------------------------
-def _scored(acc: float | None, f1: float | None, share: float | None = None) -> str:
-    """``45.0% F1 40.1%``, plus ``ONE CLASS (97%)`` for a model that answers (nearly) one class."""
-    flag = f" ONE CLASS ({pct(share)})" if one_class(share) else ""
-    return pct(acc) + (f" F1 {pct(f1)}" if f1 is not None else "") + flag
-
-
-def round_line(s: dict, total_rounds: int) -> str:
-    """One round's progress line from its summary (a row of the run folder's metrics.jsonl)."""
-    rejected = f" ({len(s['rejected'])} left out: {', '.join(s['rejected'])})" if s["rejected"] else ""
-    shares = [m["top_share"] for m in s.get("clients", {}).values() if "top_share" in m]
-    flagged = sum(one_class(x) for x in shares)
-    clients_flag = f" ONE CLASS: {flagged}/{len(shares)} clients" if flagged else ""
-    return (
-        f"[round {s['round']}/{total_rounds}] {s['accepted']} replies{rejected}"
-        f" | mean client {_scored(s['mean_client_acc'], s.get('mean_client_f1'))}{clients_flag}"
-        f" | teacher {_scored(s['teacher_acc'], s.get('teacher_f1'), s.get('teacher_top_share'))}"
-        f" | global student {_scored(s['student_acc'], s.get('student_f1'), s.get('student_top_share'))}"
-        f" | up {s['bytes_up_per_client']:,.0f} B/client | {s['seconds']:.0f} s"
-    )
-
-
 def _majority_rate(config) -> float:
     """The majority-class rate of the federation's global test set (its labels only)."""
     from nebula.common.federation_data import build_federation_data

@@ -7,6 +7,7 @@
     nebula unlearn serve --ledger runs/latest/ledger.sqlite --operators DIR --signing-key KEY
         --tls-cert PEM --tls-key KEY
     nebula unlearn benchmark [--preset benchmark] [--client client-3] [--out runs/unlearn-benchmark]
+    nebula unlearn shard CLIENT [--run runs/latest]     (a simulated ``--isolation sharded:S`` run)
 
 ``nebula unlearn CLIENT`` is ``nebula unlearn submit CLIENT`` (:class:`UnlearnGroup`) unless CLIENT is a
 subcommand's name or close to one (``nebula unlearn lst`` is a typo, answered with a suggestion): such a
@@ -33,7 +34,7 @@ import typer
 from typer.core import TyperGroup
 
 from nebula.cli._args import CommaList, ConfigOptions, Preset, Verbose, command, with_flags
-from nebula.cli._output import fail, pct, print_tables, quiet_libraries, say
+from nebula.cli._output import fail, pct, print_tables, quiet_libraries, round_line, say
 from nebula.server.unlearning import available_modes
 from nebula.server.unlearning.fast_correction import CorrectionBudget
 from nebula.server.unlearning.registry import mode_summaries
@@ -332,6 +333,59 @@ def serve(
         server.wait()
     except KeyboardInterrupt:
         server.stop()
+    return 0
+
+
+# -- sharded runs ------------------------------------------------------------------------------
+@command(
+    unlearn,
+    "shard",
+    "Forget a client of a simulated `--isolation sharded:S` run: its shard trains again from scratch without it "
+    "(its other clients answer again), the global student is distilled again from the shard teachers, and "
+    "RUN/shards.json points at the new models last. Exact by construction: the result equals a sharded run from "
+    "scratch without the client. The cost and that statement go to RUN/unlearning/CLIENT/forget.json.",
+)
+def shard(
+    client: Annotated[str, typer.Argument(metavar="CLIENT", help="id of the client to forget, e.g. client-3")],
+    run: Annotated[Path, typer.Option(help="folder of the sharded run (its shards.json)")] = Path("runs/latest"),
+    parallel: Annotated[
+        int | None, typer.Option(min=1, help="nodes simulated at the same time (Ray actors; default: one per CPU core)")
+    ] = None,
+    verbose: Verbose = False,
+) -> int:
+    from nebula.simulation.sharded import Manifest
+
+    try:
+        manifest = Manifest.read(run)
+    except ValueError as exc:
+        return fail(f"{exc}; `nebula unlearn shard` forgets from a run made with --isolation sharded:S", 2)
+    if client in manifest.forgotten:
+        say(f"{client} was already forgotten from {run}: {run / 'unlearning' / client / 'forget.json'}")
+        return 0
+    import flwr.simulation  # noqa: F401  (importing flwr resets its logger: import first, then quieten)
+
+    from nebula.simulation.sharded import forget
+
+    quiet_libraries(verbose)
+    say(f"forgetting {client} from {run} ({manifest.level}): its shard trains again without it")
+
+    rounds = int(manifest.config.get("federation.rounds", 0))
+
+    def progress(shard_index: int, s: dict) -> None:
+        say(f"      [shard-{shard_index}] " + round_line(s, rounds))
+
+    try:
+        cost = forget(run, client, on_round=progress, workers=parallel)
+    except ValueError as exc:
+        return fail(str(exc), 2)
+    full = cost["full_retrain"]
+    say(
+        f"{client} forgotten (exact: {cost['exact']}): shard {cost['shard']} retrained with "
+        f"{len(cost['shard_clients'])} clients, {cost['client_rounds']} client-rounds and {cost['seconds']:.0f} s, "
+        f"against {full['client_rounds']} client-rounds and {full['seconds']:.0f} s to retrain every shard; "
+        f"global student {pct(cost['global_student'].get('student_acc'))}"
+    )
+    say(f"record: {run / 'unlearning' / client / 'forget.json'}")
     return 0
 
 

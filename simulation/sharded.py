@@ -18,7 +18,9 @@ the shards differ in size by at most one client. ``data.seed`` is recorded besid
    clients answer again: in simulation, a real federation) into ``OUT/unlearning/<client>/shard-<k>/``, and
    the global student is distilled again into ``OUT/unlearning/<client>/global-student/``. No other shard
    trains. The result equals, bit for bit, a sharded run from scratch without the client (the runs are
-   deterministic: tests/simulation/test_sharded.py). The cost is in ``OUT/unlearning/<client>/forget.json``.
+   deterministic: tests/simulation/test_sharded.py). The cost is in ``OUT/unlearning/<client>/forget.json``,
+   with the level, the mode (``shard-retrain``) and ``"exact": true``. The command: ``nebula unlearn shard
+   CLIENT --run OUT`` (cli/unlearn.py).
 
 ``OUT/shards.json`` (:class:`Manifest`) records the rule, the assignment, each shard's clients now and the
 folder of its current run, the forgotten clients and the current global student; it is written at the start
@@ -98,7 +100,10 @@ class Manifest:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a sharded run's manifest ({exc})") from exc
         raw.pop("shards", None)
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except TypeError as exc:  # a field missing or unknown: another program's file, or a damaged one
+            raise ValueError(f"{path}: not a sharded run's manifest ({exc})") from exc
 
     def write(self, out: Path) -> None:
         _write_atomic(Path(out) / MANIFEST, self.to_json())
@@ -281,6 +286,12 @@ def forget(
     original = json.loads((out / RESULTS_JSON).read_text(encoding="utf-8"))["total"]
     cost = {
         "client": client_id,
+        "isolation": manifest.level,
+        "mode": "shard-retrain",
+        "exact": True,
+        "exactness": "the client's shard trained again from scratch without it and the global student distilled "
+        "again from the shard teachers: the models of a sharded run from scratch without the client (deterministic "
+        "rounds; tests/simulation/test_sharded.py checks it bit for bit)",
         "shard": shard,
         "shard_clients": remaining,
         "client_rounds": client_rounds(rerun.folder) if rerun else 0,

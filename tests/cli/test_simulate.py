@@ -13,7 +13,8 @@ import typer
 import nebula.common.config as config_module
 import nebula.simulation.engine as engine
 from nebula.cli._args import ConfigOptions, command, config_parameters, with_flags
-from nebula.cli.main import main, round_line
+from nebula.cli._output import round_line
+from nebula.cli.main import main
 from nebula.common.config import _opt
 from nebula.common.presets import PRESETS
 

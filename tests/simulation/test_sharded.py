@@ -215,6 +215,7 @@ def test_the_run_records_its_shards_and_has_a_global_student(sharded):
 def test_forgetting_retrains_only_the_clients_shard(sharded):
     cost, out = sharded["cost"], sharded["out"]
     assert cost["shard"] == 0 and cost["shard_clients"] == ["client-0"]
+    assert (cost["isolation"], cost["mode"], cost["exact"]) == ("sharded:2", "shard-retrain", True)
     assert cost["client_rounds"] == 1 * 2 and cost["full_retrain"]["client_rounds"] == 1 * 2 + 1 * 2
     assert cost["seconds"] > 0 and cost["full_retrain"]["seconds"] > 0
     manifest = Manifest.read(out)
