@@ -14,9 +14,9 @@ One deployment of the smoke preset (TLS, SuperNode authentication, fleet gate, a
 * round 3: client1 and the teacher are down (the SuperLink answers "Node Unavailable" for them). The round
   goes on with client0 alone; client1's absence is in the ledger with its reason, and the teacher, which must
   restore before it teaches again (server/teacher_link.py), cannot: round 3's targets are its consensus too;
-* once round 3's replies are in, client1 is started again (same key, same node config); once round 3 is
-  finished, the teacher is. client0's worker is held (SIGSTOP) meanwhile, so that round 4 waits for them
-  rather than racing ahead: a slow client, not a fault;
+* once round 3's messages are out, client1 is started again (same key, same node config); once round 3 is
+  finished, the teacher is. client0's worker is held (SIGSTOP) until each is back, so that no round races
+  ahead of a restart: a slow client, not a fault;
 * round 4: client1 takes part again, under the SuperNode id it had; the restarted teacher (its SuperNode's
   memory gone) restores round 1's checkpoint and the consensus of rounds 1-3, then teaches; the run finishes
   with the global student saved.
@@ -42,7 +42,8 @@ from nebula.server.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT = 60  # > the longest wait for a node held on purpose (about 45 s), the longest compute (about 20 s)
+TIMEOUT = 90  # > the longest hold of client0 (a node's restart: about 45 s on a loaded machine) + its compute
+ROUND_SENT = 5  # seconds from a round's metrics row to the next round's messages being out (well under 1 s idle)
 # Flower's SuperLink declares a killed SuperNode offline 2 heartbeat intervals after its last heartbeat; it sends one
 # every 21-27 s, so at least 33 s after the kill. Killing the teacher this long before the reply timeout lets the
 # timeout come first.
@@ -81,22 +82,33 @@ def _wait(condition, what: str, timeout: float = 300.0) -> float:
 
 
 def _faults(fed) -> dict:
-    """Drive the faults through rounds 2-4 (the module docstring); the times they happened at."""
+    """Drive the faults through rounds 2-4 (the module docstring); the times they happened at.
+
+    client0's worker is held (SIGSTOP) twice, so that no round can finish before the node it needs is back:
+    from round 2's replies until client1 runs again (else, on a slow machine, round 3 finished and round 4 was
+    sent to client1 before its restart was done: a second rejection), and from round 3's replies until the
+    teacher runs again (else round 4 would reach its teaching before the teacher is back).
+    """
     t = {"start": time.monotonic()}
     t["round 1"] = _wait(lambda: len(_metrics(fed)) >= 1, "round 1", 600)
     fed.kill("teacher0-worker", signal.SIGSTOP)  # the teacher goes silent before round 2's teaching
     teach_sent = _wait(lambda: _replies_recorded(fed) >= 2, "round 2's replies")
     fed.kill_node("client1")
     t["client1 killed"] = time.monotonic()
-    time.sleep(max(0.0, teach_sent + TIMEOUT - KILL_BEFORE_TIMEOUT - time.monotonic()))
-    fed.kill_node("teacher0")
-    t["teacher killed"] = time.monotonic()
-    t["round 2"] = _wait(lambda: len(_metrics(fed)) >= 2, "round 2", 2 * TIMEOUT)
-    t["round 3 replies"] = _wait(lambda: _replies_recorded(fed) >= 3, "round 3's replies", 2 * TIMEOUT)
-    fed.kill("client0-worker", signal.SIGSTOP)  # round 4 waits for client0 until both nodes are back
+    fed.kill("client0-worker", signal.SIGSTOP)  # round 3 cannot finish before client1 is back
     try:
+        time.sleep(max(0.0, teach_sent + TIMEOUT - KILL_BEFORE_TIMEOUT - time.monotonic()))
+        fed.kill_node("teacher0")
+        t["teacher killed"] = time.monotonic()
+        t["round 2"] = _wait(lambda: len(_metrics(fed)) >= 2, "round 2", 2 * TIMEOUT)
+        time.sleep(ROUND_SENT)  # round 3's messages are out: client1's found it offline
         fed.restart_node("client1")
         t["client1 back"] = time.monotonic()
+    finally:
+        fed.kill("client0-worker", signal.SIGCONT)
+    t["round 3 replies"] = _wait(lambda: _replies_recorded(fed) >= 3, "round 3's replies", 2 * TIMEOUT)
+    fed.kill("client0-worker", signal.SIGSTOP)  # round 4 waits for client0 until the teacher is back
+    try:
         t["round 3"] = _wait(lambda: len(_metrics(fed)) >= 3, "round 3", 2 * TIMEOUT)
         fed.restart_node("teacher0")
         t["teacher back"] = time.monotonic()

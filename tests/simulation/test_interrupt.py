@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 MARKER = "NEBULA_INTERRUPT_TEST"
 RAY_STARTED = ("raylet", "gcs_server")  # process names once Ray's node is up
 STARTUP_S = 240.0  # until Ray runs: SuperLink, flwr run and Ray's start on two loaded cores
-STOPPED_S = 30.0  # the engine gives its processes 5 s to stop on SIGTERM, then SIGKILLs them; Ray takes a few more
+STOPPED_S = 90.0  # the engine gives its processes 5 s to stop on SIGTERM, then SIGKILLs them; Ray takes a few more
+# (30 s was exceeded once on a slow shared machine with the log showing no hang: the tail below says where it was)
 
 
 def marked(token: str) -> list[psutil.Process]:
@@ -93,7 +94,10 @@ def test_an_interrupted_simulation_leaves_no_process_and_no_temporary_folder(tmp
         deadline = time.monotonic() + STOPPED_S
         while time.monotonic() < deadline and (cmd.poll() is None or marked(token) or private.exists()):
             time.sleep(0.2)
-        assert cmd.poll() is not None, f"nebula simulate still runs {STOPPED_S:.0f} s after {sig.name}"
+        assert cmd.poll() is not None, (
+            f"nebula simulate still runs {STOPPED_S:.0f} s after {sig.name}; its processes: "
+            f"{_describe(marked(token))}\nits output, the end:\n{log.read_text(errors='replace')[-2000:]}"
+        )
         assert cmd.returncode != 0, "an interrupted simulation must not exit as a success"
         assert marked(token) == [], f"left running after {sig.name}: {_describe(marked(token))}"
         assert not private.exists(), f"{private} is left after {sig.name}"
