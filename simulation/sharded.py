@@ -49,6 +49,7 @@ from nebula.common.run_folder import RunFolder
 from nebula.simulation import ensemble
 
 MANIFEST, RESULTS_MD, RESULTS_JSON, FORGET_JSON = "shards.json", "results.md", "results.json", "forget.json"
+SHARD_RETRAIN = "shard-retrain"  # the unlearning mode of :func:`forget`: the client's shard retrained
 GLOBAL_STUDENT = "global-student"
 RULE = "round-robin by index: client-i joins shard i mod S"
 
@@ -287,7 +288,7 @@ def forget(
     cost = {
         "client": client_id,
         "isolation": manifest.level,
-        "mode": "shard-retrain",
+        "mode": SHARD_RETRAIN,
         "exact": True,
         "exactness": "the client's shard trained again from scratch without it and the global student distilled "
         "again from the shard teachers: the models of a sharded run from scratch without the client (deterministic "

@@ -26,6 +26,7 @@ import numpy as np
 
 from nebula.common.canary import Canary
 from nebula.common.run_folder import RunFolder
+from nebula.simulation.sharded import SHARD_RETRAIN
 
 MODELS = ("teacher", "student")
 
@@ -108,7 +109,6 @@ def level_summary(
 
 
 # -- sharded:S: the shard retrained, against the sharded federation retrained ------------------------------------
-SHARD_RETRAIN = "shard-retrain"  # the sharded level's one unlearning mode (simulation/sharded.py, ``forget``)
 
 
 def _sharded_models(out: Path) -> tuple[list[Path | None], Path]:
