@@ -9,7 +9,8 @@ federation retrained from scratch without the client (``sharded_level``); its ``
 teachers' ensemble's. It writes ``benchmarks/results/unlearning-<N>clients.json``: ``commit``,
 ``command``, ``clients``, and one object per level and mode (``rows``) with ``exact``, ``param_distance``,
 ``canary_success``, ``canary_success_retrained``, ``speedup``, ``client_rounds``, ``student_acc``,
-``teacher_acc``, ``seconds``, plus each level's original accuracies (the price of isolation).
+``teacher_acc``, ``seconds``, ``compute_seconds``, ``compute_speedup`` (CPU seconds summed over the nodes that
+did the work), plus each level's original accuracies (the price of isolation).
 
 Resumable: a level already in the output file is skipped, so an interrupted run loses only the level it was in.
 
@@ -112,7 +113,10 @@ def _fmt(value) -> str:
 
 
 def _print_table(rows: list[dict]) -> None:
-    cols = ("teacher_acc", "student_acc", "exact", "param_distance", "canary_success", "client_rounds", "speedup")
+    cols = (
+        "teacher_acc", "student_acc", "exact", "param_distance", "canary_success", "client_rounds", "speedup",
+        "compute_speedup",
+    )  # fmt: skip
     print("| level | variant | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 2) + "|")
     for row in rows:

@@ -106,7 +106,7 @@ class EdgeClient:
         ``class_counts``: the federation's label counts (C,); with ``train.logit_adjust`` the
         revisit fits this client's labels through ``logits + log pi_k - log pi`` (:mod:`nebula.common.priors`).
         """
-        cfg, t0 = self.config, time.perf_counter()
+        cfg, t0, cpu0 = self.config, time.perf_counter(), time.process_time()
         self.shift = self._prior_shift(class_counts)
         if start_from is not None:
             load_trainable_state(self.learner.model, start_from)
@@ -122,6 +122,9 @@ class EdgeClient:
         # (2) revisit private data, (3) answer soft logits on this round's public inputs
         metrics["train_loss"] = self._revisit(round_index, seed=seed + 1, common=common)
         blob = self._answer(query_ids)
+        # The round's computation (digest, revisit, answer) in CPU seconds of this process, evaluation not counted:
+        # what forgetting by retraining would cost this device again (simulation/unlearning_levels.py).
+        metrics["compute_seconds"] = time.process_time() - cpu0
         if evaluate:
             metrics.update(self.evaluate())
         self.context.state[STATE_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.learner.model))

@@ -30,7 +30,7 @@ from nebula.common.metrics import scores
 from nebula.common.probabilities import merge_consensus, softmax
 from nebula.common.run_folder import RunFolder, adapter_dirs
 from nebula.common.wire import decode_logits, encode_logits
-from nebula.learning.distill_step import round_seed, teach_step
+from nebula.learning.distill_step import teach_step
 from nebula.learning.models import (
     Learner,
     learner_for,
@@ -81,7 +81,7 @@ class TeacherNode:
 
     def teach(self, *, round_index: int, consensus: bytes, output_dir: Path) -> TeachAnswer:
         """Train on the round's consensus, checkpoint, answer: see :class:`TeachAnswer`."""
-        cfg, t0 = self.config, time.perf_counter()
+        cfg, t0, cpu0 = self.config, time.perf_counter(), time.process_time()
         decoded = decode_logits(consensus, num_classes=self.data.num_classes)
         if len(decoded.ids) and (decoded.ids.min() < 0 or decoded.ids.max() >= len(self.data.public)):
             raise ValueError(f"consensus ids outside the public pool 0..{len(self.data.public) - 1}")
@@ -96,15 +96,18 @@ class TeacherNode:
             gathered_ids=ids,
             gathered_probs=probs,
             round_ids=decoded.ids,
-            seed=round_seed(cfg, round_index),
+            round_index=round_index,
         )
         refined = step.refined
+        compute = time.process_time() - cpu0  # the round's training in CPU seconds, evaluation not counted
         metrics = self.evaluate()
         metrics["consensus_size"] = float(len(ids))
         self.context.state[TEACHER_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.teacher.model))
         self.context.state[STUDENT_KEY] = ArrayRecord(torch_state_dict=trainable_state(self.student.model))
         folder = RunFolder(output_dir)
+        cpu1 = time.process_time()
         self.checkpoint(folder.checkpoint(round_index))
+        metrics["compute_seconds"] = compute + time.process_time() - cpu1
         metrics["seconds"] = time.perf_counter() - t0
         refined_blob = encode_logits(decoded.ids, refined, dtype=cfg.federation.wire_dtype)
         return TeachAnswer(

@@ -151,6 +151,13 @@ class TrainConfig:
         "teacher layer m*N/M), last (the teacher's last M), one teacher layer per student layer ('2,4,6') or "
         "student:teacher pairs ('1:2,3:6')",
     )
+    student_phases: str = _opt(
+        "",
+        "the global student's phases, counted in rounds (learning/schedule.py, TinyBERT's order): 'warmup:R' trains "
+        "its first R rounds on the intermediate-layer terms above alone (one of their weights must be > 0), "
+        "'finetune:R' its last R rounds on the logits alone, e.g. 'warmup:1,finetune:2'; the rounds between "
+        "use every term ('' = all rounds)",
+    )
     eval_every: int = _opt(1, "evaluate clients every n rounds (the last round always)")
     threads: int = _opt(0, "torch threads of an edge client (0 = let torch decide)")
     teacher_threads: int = _opt(0, "torch threads of the teacher node (0 = every core: it works while clients wait)")
@@ -173,6 +180,24 @@ class TrainConfig:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"train.{name} must be a finite number >= 0, got {value}")
         self.layer_map_kind()  # raises on a misspelt map
+        warmup, _ = self.student_phase_rounds()
+        if warmup and not any(w > 0 for w in self.deep_student_weights().values()):
+            raise ConfigError(
+                f"train.student_phases {self.student_phases!r}: a warm-up trains the intermediate-layer terms "
+                f"alone, and every one of {', '.join('train.' + n for n in DEEP_STUDENT_WEIGHTS)} is 0"
+            )
+
+    def student_phase_rounds(self) -> tuple[int, int]:
+        """``(warm-up rounds, fine-tune rounds)`` of ``student_phases``; ConfigError naming a bad entry."""
+        rounds = {"warmup": 0, "finetune": 0}
+        for entry in filter(None, (e.strip() for e in self.student_phases.split(","))):
+            phase, _, count = entry.partition(":")
+            if phase.strip() not in rounds or not count.strip().isdigit():
+                raise ConfigError(
+                    f"train.student_phases entry {entry!r} is not 'warmup:R' or 'finetune:R' (R rounds, an integer)"
+                )
+            rounds[phase.strip()] = int(count)
+        return rounds["warmup"], rounds["finetune"]
 
     def deep_student_weights(self) -> dict[str, float]:
         """``{"hidden": w, "attention": w, "relation": w}``: the global student's intermediate-layer terms."""
@@ -365,6 +390,13 @@ class NebulaConfig:
             raise ConfigError(
                 f"federation.min_replies ({self.federation.min_replies}) exceeds data.num_clients "
                 f"({self.data.num_clients})"
+            )
+        warmup, finetune = self.train.student_phase_rounds()
+        if warmup + finetune > self.federation.rounds or warmup >= self.federation.rounds:
+            raise ConfigError(
+                f"train.student_phases {self.train.student_phases!r} does not fit federation.rounds "
+                f"({self.federation.rounds}): the phases may span at most every round, and the warm-up must leave "
+                "one round that trains the logits"
             )
         shards = self.federation.shard_count()
         if shards is not None and shards > self.data.num_clients:

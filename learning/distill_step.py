@@ -12,6 +12,9 @@ the ids of this round's public inputs:
    ``student_attention_weight`` and ``student_relation_weight`` are all 0 (the default), else with
    :func:`~nebula.learning.deep_fit.deep_fit`, which adds those intermediate-layer terms (teacher and student
    must then share a tokenizer: checked, with the rest of what the terms need, before anything trains).
+   ``train.student_phases`` orders those terms over the rounds as :class:`~nebula.learning.schedule.DistillSchedule`
+   orders them over epochs (one round is one of its epochs): a warm-up round trains the intermediate-layer terms
+   alone, a fine-tune round the logits alone (plain ``fit``), the rounds between both (:func:`student_weights`).
 
 **Deterministic.** The data order of each fit comes from :func:`round_seed`, and the torch random
 state (dropout of the base model in train mode) is seeded from the same number inside a forked RNG,
@@ -32,7 +35,7 @@ from nebula.common.probabilities import softmax
 from nebula.learning.deep_fit import deep_fit, deep_layer_pairs
 from nebula.learning.deep_losses import LayerMap
 from nebula.learning.models import Learner
-from nebula.learning.schedule import LossWeights
+from nebula.learning.schedule import DistillSchedule, LossWeights
 from nebula.learning.training import Encoded, FitResult, encode, fit, predict_logits
 
 
@@ -57,7 +60,7 @@ def teach_step(
     gathered_ids: np.ndarray,
     gathered_probs: np.ndarray,
     round_ids: np.ndarray,
-    seed: int,
+    round_index: int,
 ) -> TeachResult:
     """Train ``teacher`` and ``student`` in place for one round; see the module docstring.
 
@@ -67,9 +70,9 @@ def teach_step(
     gathered_probs : (M, C) float32 target probabilities, row ``m`` for ``gathered_ids[m]``.
     round_ids : (N,) this round's public inputs; each must be in ``gathered_ids`` (pool mode) or
         among the student's inputs.
-    seed : :func:`round_seed` of the round.
+    round_index : the round (from 1): its seed (:func:`round_seed`) and the student's phase.
     """
-    cfg = config.train
+    cfg, seed = config.train, round_seed(config, round_index)
     T, max_len = cfg.temperature, config.data.max_length
     student_ids = np.arange(len(data.public)) if cfg.student_inputs == "pool" else gathered_ids
     texts = data.public_texts(student_ids)
@@ -100,14 +103,35 @@ def teach_step(
             micro_batch_size=cfg.micro_batch_size,
             seed=seed + 1,
         )
-        if deep is None:
+        weights = student_weights(config, round_index)
+        if deep is None or weights is None:
             student_fit = fit(student.model, enc_student, targets=softmax(teacher_logits, temperature=T), **fit_args)
         else:
-            weights, mapping = deep
             student_fit = deep_fit(
-                student.model, teacher.model, enc_student, weights=weights, mapping=mapping, **fit_args
+                student.model, teacher.model, enc_student, weights=weights, mapping=deep[1], **fit_args
             )
     return TeachResult(refined, teacher_fit, student_fit)
+
+
+def student_weights(config: NebulaConfig, round_index: int) -> LossWeights | None:
+    """The global student's loss weights in round ``round_index`` (from 1), or None for the logits alone: the
+    round's phase of ``train.student_phases`` (module docstring, 3); a round past ``federation.rounds`` (a resumed
+    run given more) is a fine-tune round if there is one, else a distill round."""
+    deep = config.train.deep_student_weights()
+    if not any(w > 0 for w in deep.values()):
+        return None
+    warmup, finetune = config.train.student_phase_rounds()
+    rounds = max(config.federation.rounds, warmup + finetune)
+    schedule = DistillSchedule(
+        warmup_epochs=warmup,
+        distill_epochs=rounds - warmup - finetune,
+        finetune_epochs=finetune,
+        warmup=LossWeights(kd=0.0, **deep) if warmup else LossWeights(),
+        distill=LossWeights(kd=1.0, **deep),
+        finetune=LossWeights(kd=1.0),
+    )
+    weights = schedule.weights_at(min(max(round_index, 1), schedule.total_epochs) - 1)
+    return None if weights.active() == ("kd",) else weights
 
 
 def _deep_plan(

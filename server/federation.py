@@ -102,6 +102,7 @@ class RoundReport:
             "clients_wait_seconds": self.clients_wait_seconds,
             "teacher_wait_seconds": self.teacher_wait_seconds,
             "teacher_seconds": self.teacher_metrics.get("seconds"),
+            "teacher_compute_seconds": self.teacher_metrics.get("compute_seconds"),
             "teacher_checkpoint": self.teacher_checkpoint,
             "teacher_error": self.teacher_error,
             "clients": self.client_metrics,

@@ -22,3 +22,16 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def compute_seconds(self) -> float | None:
+        """The CPU seconds a run's rounds cost the nodes that did them, summed over every round: each client's
+        and the teacher node's ``compute_seconds`` (training, answering, checkpoints; evaluation and model
+        loading not counted). None when a round's figures lack them (a run from before they were reported)."""
+        total = 0.0
+        for record in self.read():
+            clients = [m.get("compute_seconds") for m in (record.get("clients") or {}).values()]
+            teacher = record.get("teacher_compute_seconds")
+            if teacher is None or any(c is None for c in clients):
+                return None
+            total += teacher + sum(clients)
+        return total

@@ -46,6 +46,7 @@ import numpy as np
 from nebula.common.config import NebulaConfig
 from nebula.common.metrics import majority_rate
 from nebula.common.run_folder import RunFolder
+from nebula.server.metrics_log import MetricsLog
 from nebula.simulation import ensemble
 
 MANIFEST, RESULTS_MD, RESULTS_JSON, FORGET_JSON = "shards.json", "results.md", "results.json", "forget.json"
@@ -173,6 +174,15 @@ def client_rounds(folder: Path, *, without: str = "") -> int:
         ledger.close()
 
 
+def compute_seconds(shard_folders: Sequence[Path], student: dict) -> float | None:
+    """CPU seconds of the shards' rounds as their nodes report them (server/metrics_log.py) and of the global
+    student's distillation; None when a shard's figures lack them."""
+    shards = [MetricsLog(RunFolder(f).metrics).compute_seconds() for f in shard_folders]
+    if any(s is None for s in shards) or student.get("cpu_seconds") is None:
+        return None
+    return sum(shards) + student["cpu_seconds"]
+
+
 # -- the global student ----------------------------------------------------------------------------------
 def current_models(run_dir: Path) -> tuple[NebulaConfig, list[Path], Path]:
     """``(configuration, shard run folders, global student folder)`` of a sharded run's models now."""
@@ -246,7 +256,11 @@ def _results(config: NebulaConfig, runs: Sequence[ShardRun], student: dict) -> d
         for r, acc in zip(runs, student["teacher_accs"], strict=True)
     ]
     seconds = sum(r.seconds for r in runs) + student["seconds"]
-    total = {"client_rounds": sum(s["client_rounds"] for s in shards), "seconds": seconds}
+    total = {
+        "client_rounds": sum(s["client_rounds"] for s in shards),
+        "seconds": seconds,
+        "compute_seconds": compute_seconds([r.folder for r in runs], student),
+    }
     return {
         "level": config.federation.isolation,
         "shards": shards,
@@ -299,9 +313,11 @@ def forget(
         "seconds": time.perf_counter() - t0,
         "shard_seconds": rerun.seconds if rerun else 0.0,
         "distil_seconds": student["seconds"],
+        "compute_seconds": compute_seconds([rerun.folder] if rerun else [], student),
         "full_retrain": {
             "client_rounds": sum(full),
             "seconds": original["seconds"],
+            "compute_seconds": original.get("compute_seconds"),
             "how": "every shard again without the client: the run's own client-rounds less the client's, and the "
             "run's seconds (its shards and distillation, measured when it ran)",
         },

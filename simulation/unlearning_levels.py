@@ -9,7 +9,11 @@ forgetting by design): for the original, each mode and the retrained federation,
   and the global student, beside the retrained model's (``canary_success_retrained``);
 * ``client_rounds``: client-rounds of computation the variant needed (the retrained federation: every
   contribution in its ledger; the unlearning modes run on the server alone: 0);
-* ``seconds`` and ``speedup`` (the retrained federation's seconds over the mode's).
+* ``seconds`` and ``speedup`` (the retrained federation's seconds over the mode's);
+* ``compute_seconds`` and ``compute_speedup``: the computation itself, in CPU seconds summed over every node
+  that did it (the federations: each client's and the teacher node's training, answering and checkpoints, as
+  their replies report them, evaluation and model loading not counted; a mode: the server process's CPU time
+  for the request, model loading counted), so the ratio does not depend on how many clients ran at once.
 
 A ``sharded:S`` level (simulation/sharded.py) has one mode, ``shard-retrain``, and its own runner
 (:func:`sharded_level`): the same figures, the teacher being the shard teachers' ensemble, the parameter
@@ -26,6 +30,7 @@ import numpy as np
 
 from nebula.common.canary import Canary
 from nebula.common.run_folder import RunFolder
+from nebula.server.metrics_log import MetricsLog
 from nebula.simulation.sharded import SHARD_RETRAIN
 
 MODELS = ("teacher", "student")
@@ -61,10 +66,13 @@ def _client_rounds(folder: Path) -> int:
 
 
 def _mean_client_acc(folder: Path) -> float | None:
-    path = RunFolder(folder).metrics
-    rounds = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    accs = [r["mean_client_acc"] for r in rounds if r.get("mean_client_acc") is not None]
-    return 100.0 * accs[-1] if accs else None
+    """The last round's mean client accuracy, a fraction like the models' ``acc_test``."""
+    accs = [
+        r["mean_client_acc"]
+        for r in MetricsLog(RunFolder(folder).metrics).read()
+        if r.get("mean_client_acc") is not None
+    ]
+    return accs[-1] if accs else None
 
 
 def level_summary(
@@ -101,10 +109,16 @@ def level_summary(
             models = json.loads(Path(certificates[variant]).read_text()).get("models") or {}
             figures |= {"exact": bool(models.get("exact", False)), "client_rounds": 0}
             figures["speedup"] = seconds[reference] / seconds[variant] if seconds.get(variant) else None
+            figures["compute_seconds"] = float(models["cpu_seconds"]) if "cpu_seconds" in models else None
         else:
             figures |= {"exact": None, "client_rounds": _client_rounds(folder)}
             figures["mean_client_acc"] = _mean_client_acc(folder)
+            figures["compute_seconds"] = MetricsLog(RunFolder(folder).metrics).compute_seconds()
         out[variant] = figures
+    retrained = out.get(reference, {}).get("compute_seconds")
+    for variant in certificates:
+        own = out[variant]["compute_seconds"]
+        out[variant]["compute_speedup"] = retrained / own if retrained and own else None
     return out
 
 
@@ -181,10 +195,20 @@ def sharded_level(config, out: Path, client: str, *, say=print) -> dict:
             seconds_retrained, None,
         ),
     }  # fmt: skip
+    compute = {
+        "original": original["total"].get("compute_seconds"),
+        SHARD_RETRAIN: cost.get("compute_seconds"),
+        "retrained": retrained["total"].get("compute_seconds"),
+    }
     reference = variants["retrained"][0]
     summary = {}
     for variant, (models, student, client_rounds, seconds, exact) in variants.items():
+        own = compute[variant]
         summary[variant] = {
+            "compute_seconds": own,
+            "compute_speedup": (
+                compute["retrained"] / own if variant == SHARD_RETRAIN and own and compute["retrained"] else None
+            ),
             "teacher_acc": student["ensemble_acc"],
             "student_acc": student["student_acc"],
             "exact": exact,

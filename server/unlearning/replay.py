@@ -82,7 +82,7 @@ def replay_rounds(
     from ``first_round`` on again from the ledger's consensus, each round's states written to
     ``out/round-NNN/{teacher,student}.pt``. With nothing removed, this reproduces the run's own
     checkpoints (tests/server/unlearning/test_model_modes.py)."""
-    from nebula.learning.distill_step import round_seed, teach_step
+    from nebula.learning.distill_step import teach_step
     from nebula.learning.models import load_trainable_state, trainable_state
 
     teacher, student, data = store.learners(run)
@@ -117,7 +117,7 @@ def replay_rounds(
             gathered_ids=ids,
             gathered_probs=probs,
             round_ids=round_ids,
-            seed=round_seed(run.config, r),
+            round_index=r,
         )
         store.save_states(round_checkpoint(out, r), trainable_state(teacher.model), trainable_state(student.model))
         result.rounds.append(r)
@@ -134,7 +134,7 @@ def replay(ctx: UnlearnContext, run: store.RunModels) -> dict[str, Any]:
     affected = store.affected_rounds(ctx, run)
     if not affected:
         return store.unchanged(run, ExactReplayMode.name, ctx.client_id)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     before_teacher, before_student, before = store.current_states(run)
     done = replay_rounds(
         ctx.ledger,
@@ -156,6 +156,7 @@ def replay(ctx: UnlearnContext, run: store.RunModels) -> dict[str, Any]:
         "student": store.hashes(run.config.model.student, before_student, trainable_state(done.student.model)),
         "optimizer_steps": done.steps,
         "seconds": f"{time.perf_counter() - t0:.3f}",
+        "cpu_seconds": f"{time.process_time() - cpu0:.3f}",  # this process's CPU time, all its threads
         **store.exactness(run, ExactReplayMode.name),
     }
     return store.publish(run, ctx.request_id, done.teacher, done.student, manifest)

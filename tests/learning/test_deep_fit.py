@@ -130,8 +130,8 @@ def _targets(data) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.random.default_rng(0).dirichlet(np.ones(data.num_classes), size=len(ids)).astype(np.float32)
 
 
-def _teach(pair, step=teach_step, **train):
-    """One round from the initial states with ``train`` overrides: (result, teacher state, student state)."""
+def _teach(pair, step=teach_step, round_index=1, **train):
+    """Round ``round_index`` from the initial states with ``train`` overrides: (result, teacher, student state)."""
     config, data, teacher, student = pair
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
     config.validate()
@@ -141,7 +141,7 @@ def _teach(pair, step=teach_step, **train):
     try:
         result = step(
             teacher, student, data, config, gathered_ids=ids, gathered_probs=probs, round_ids=ids[:2],
-            seed=round_seed(config, 1),
+            round_index=round_index,
         )  # fmt: skip
         return result, trainable_state(teacher.model), trainable_state(student.model)
     finally:
@@ -149,9 +149,9 @@ def _teach(pair, step=teach_step, **train):
             load_trainable_state(learner.model, learner.init_state)
 
 
-def _logits_only_teach_step(teacher, student, data, config, *, gathered_ids, gathered_probs, round_ids, seed):
+def _logits_only_teach_step(teacher, student, data, config, *, gathered_ids, gathered_probs, round_ids, round_index):
     """teach_step as it was before the deep terms, verbatim: the reference for weights 0."""
-    cfg = config.train
+    cfg, seed = config.train, round_seed(config, round_index)
     T, max_len = cfg.temperature, config.data.max_length
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -235,7 +235,20 @@ def test_a_teacher_with_other_tokens_is_refused_before_anything_trains(pair):
     with pytest.raises(ValueError, match="teacher 'other-vocab' and student 'minilm-l3' tokenise .* differently"):
         teach_step(
             other, student, data, config, gathered_ids=ids, gathered_probs=probs, round_ids=ids[:2],
-            seed=round_seed(config, 1),
+            round_index=1,
         )  # fmt: skip
     assert _same(trainable_state(teacher.model), teacher.init_state)
     assert _same(trainable_state(student.model), student.init_state)
+
+
+@pytest.mark.e2e
+def test_the_phases_warm_up_on_the_deep_term_alone_and_fine_tune_on_the_logits_alone(pair, logits_only):
+    phases = {"student_relation_weight": 1.0, "student_phases": "warmup:1,finetune:1"}  # the smoke preset: 2 rounds
+    warmup = _teach(pair, round_index=1, **phases)
+    assert isinstance(warmup[0].student_fit, DeepFitResult) and set(warmup[0].student_fit.terms) == {"relation"}
+    both = _teach(pair, round_index=1, student_relation_weight=1.0)
+    assert set(both[0].student_fit.terms) == {"kd", "relation"} and not _same(warmup[2], both[2])
+    # A fine-tune round is the logits-only round, bit for bit (round 2's seed: compared with the same round).
+    finetune, plain = _teach(pair, round_index=2, **phases), _teach(pair, round_index=2)
+    assert type(finetune[0].student_fit) is not DeepFitResult
+    assert _same(finetune[2], plain[2]) and finetune[0].student_fit == plain[0].student_fit

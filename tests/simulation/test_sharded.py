@@ -218,6 +218,7 @@ def test_forgetting_retrains_only_the_clients_shard(sharded):
     assert (cost["isolation"], cost["mode"], cost["exact"]) == ("sharded:2", "shard-retrain", True)
     assert cost["client_rounds"] == 1 * 2 and cost["full_retrain"]["client_rounds"] == 1 * 2 + 1 * 2
     assert cost["seconds"] > 0 and cost["full_retrain"]["seconds"] > 0
+    assert cost["compute_seconds"] > 0 and cost["full_retrain"]["compute_seconds"] > cost["compute_seconds"]
     manifest = Manifest.read(out)
     assert manifest.forgotten == [FORGET] and manifest.members(0) == ["client-0"]
     assert manifest.folders == ["unlearning/client-2/shard-0", "shard-1"]  # shard 1 kept as it was

@@ -35,3 +35,12 @@ def test_the_approximate_mode_says_so_and_the_original_differs(summary):
     assert summary["retrained"]["param_distance"] == {"teacher": 0.0, "student": 0.0}
     for variant in summary.values():
         assert all(0.0 <= v <= 1.0 for v in variant["canary_success"].values())
+
+
+def test_the_computation_is_counted_on_every_node_that_did_it(summary):
+    retrained, exact = summary["retrained"], summary["exact-replay"]
+    # The federation's: every client's and the teacher node's CPU seconds, from their replies (metrics.jsonl).
+    assert retrained["compute_seconds"] > 0 and summary["original"]["compute_seconds"] > 0
+    assert exact["compute_seconds"] > 0  # the server's replay, from its manifest
+    assert exact["compute_speedup"] == pytest.approx(retrained["compute_seconds"] / exact["compute_seconds"])
+    assert 0.0 <= retrained["mean_client_acc"] <= 1.0  # a fraction, like teacher_acc and student_acc
