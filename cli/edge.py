@@ -17,6 +17,7 @@ from nebula.cli._args import command
 from nebula.cli._output import fail, print_tables, say
 from nebula.common.flywheel import STRATEGIES
 from nebula.deploy.export.onnx_export import TARGETS  # numpy only; torch loads in the command
+from nebula.learning.prune_spec import SPEC_HELP  # pure Python
 
 app = typer.Typer()
 
@@ -44,6 +45,21 @@ PruneVocabFrom = Annotated[
         "other tokens become [UNK]",
     ),
 ]
+Prune = Annotated[
+    str, typer.Option(metavar="SPEC", help=f"{SPEC_HELP}. Needs --dataset or --prune-vocab-from (its texts)")
+]
+PruneRecoverEpochs = Annotated[
+    int, typer.Option(min=0, help="epochs of distillation from the unpruned model after --prune (0: none)")
+]
+PruneTexts = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="unlabelled texts --prune scores importance and recovers on: the first of --dataset's public pool, "
+        "else of --prune-vocab-from's corpus",
+    ),
+]
+PruneLr = Annotated[float, typer.Option(help="AdamW learning rate of the recovery after --prune (> 0)")]
 Labels = Annotated[
     str | None, typer.Option(help="comma list of class names in label-id order (default: from --dataset)")
 ]
@@ -71,7 +87,7 @@ Repeats = Annotated[int, typer.Option(min=1, help="timed runs per latency figure
 @command(
     app,
     "export",
-    "Export an adapter as an ONNX package for edge devices (merged, quantised, optionally vocabulary-pruned).",
+    "Export an adapter as an ONNX package for edge devices (merged, optionally pruned, quantised).",
 )
 def export(
     adapter_dir: AdapterDir,
@@ -80,6 +96,10 @@ def export(
     base: Base = None,
     max_length: MaxLength = 64,
     prune_vocab_from: PruneVocabFrom = None,
+    prune: Prune = "",
+    prune_recover_epochs: PruneRecoverEpochs = 1,
+    prune_texts: PruneTexts = 512,
+    prune_lr: PruneLr = 1e-4,
     labels: Labels = None,
     dataset: Dataset = None,
     report: Report = False,
@@ -99,7 +119,8 @@ def export(
     split = dict(dataset=dataset, test_size=test_size, seed=seed)  # the export's and its report's
     config = ExportConfig(
         adapter_dir=adapter_dir, out=out, target=target, base=base, max_length=max_length,
-        prune_vocab_from=prune_vocab_from, labels=names, **split,
+        prune_vocab_from=prune_vocab_from, prune=prune, prune_recover_epochs=prune_recover_epochs,
+        prune_texts=prune_texts, prune_lr=prune_lr, labels=names, **split,
     )  # fmt: skip
     try:
         if report and not dataset:
@@ -111,11 +132,19 @@ def export(
             f"exported {adapter_dir} -> {out} ({manifest.target}, labels {', '.join(manifest.labels)}{vocab}) "
             f"in {time.perf_counter() - t0:.0f} s"
         )
+        if prune:
+            _say_pruning(out)
         if report:
             _report(out, split, [*teacher_adapter, *teacher], threads=threads, repeats=repeats)
     except ExportError as exc:
         return fail(str(exc))
     return 0
+
+
+def _say_pruning(out: str) -> None:
+    from nebula.deploy.export.structured import RECORD_FILE, describe, read_record
+
+    say(f"{describe(read_record(out))} ({Path(out) / RECORD_FILE})")
 
 
 def _report(out: str, split: dict, teachers: list[str], *, threads: int, repeats: int) -> None:

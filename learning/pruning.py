@@ -11,7 +11,9 @@
      unit's output (a head's context slice, a neuron's activation), real tokens only.
 
 2. :func:`plan_pruning` keeps the best heads and neurons of each layer and the layers asked for, as a
-   :class:`PruningPlan` (indices of the *original* model, JSON-serialisable).
+   :class:`PruningPlan` (indices of the *original* model, JSON-serialisable); :func:`plan_for` does the same
+   from a :class:`~nebula.learning.prune_spec.PruneSpec` (``heads:0.5,ffn:0.5,layers:2``: fractions kept per
+   layer, bottom layers kept).
 3. :func:`prune` applies a plan in place: the rows of the query / key / value linears and the columns of the
    attention output for the dropped heads, the rows of the FFN's first linear and the columns of its second
    for the dropped neurons, then the dropped layers. A head keeps its width, so the attention code works
@@ -19,7 +21,9 @@
 
 Per-layer head counts and FFN widths are not expressible in a ``BertConfig``: :func:`save_pruned` writes the
 plan beside the weights and :func:`load_pruned` rebuilds the model from both. Prune the *merged* model (LoRA
-folded in: deploy/export/merge.py), then export it as any other (deploy/export/onnx_export.py).
+folded in: deploy/export/merge.py), then export it as any other (deploy/export/onnx_export.py);
+learning/prune_distill.py scores on many texts, prunes and recovers by distillation, as ``nebula export --prune``
+does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
+
+from nebula.learning.prune_spec import PruneSpec
 
 PLAN_FILE = "pruning.json"
 
@@ -156,6 +162,13 @@ def plan_pruning(
         tuple(_top(scores.neurons[i], keep_neurons) for i in range(n_layers)),
         tuple(range(n_layers)) if keep_layers is None else tuple(keep_layers),
     )
+
+
+def plan_for(scores: Importance, spec: PruneSpec) -> PruningPlan:
+    """:func:`plan_pruning` with the counts ``spec`` gives for the scored model (:meth:`PruneSpec.counts`)."""
+    n_layers, n_heads = scores.heads.shape
+    keep_heads, keep_neurons, layers = spec.counts(layers=n_layers, heads=n_heads, neurons=scores.neurons.shape[1])
+    return plan_pruning(scores, keep_heads=keep_heads, keep_neurons=keep_neurons, keep_layers=layers)
 
 
 def _top(scores: torch.Tensor, k: int) -> tuple[int, ...]:

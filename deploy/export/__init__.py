@@ -2,7 +2,8 @@
 
 Pipeline (``nebula export``)::
 
-    adapter folder --merge.py--> merged PyTorch model --vocab.py (optional)--> smaller embedding table
+    adapter folder --merge.py--> merged PyTorch model --structured.py (optional)--> fewer heads, neurons, layers
+        --vocab.py (optional)--> smaller embedding table
         --onnx_export.py--> model.onnx (fp32, then quantised per target) --package.py--> export folder
 
 On the device only :mod:`nebula.client.runtime.predictor` is needed (onnxruntime, tokenizers, numpy; never

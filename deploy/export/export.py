@@ -1,7 +1,8 @@
 """``nebula export``: adapter folder -> export package, in one call.
 
-merge (merge.py) -> optional vocabulary pruning (vocab.py) -> fp32 ONNX and the target's
-conversion (onnx_export.py) -> package folder with manifest (package.py).
+merge (merge.py) -> optional structured pruning recovered by distillation (structured.py) -> optional
+vocabulary pruning (vocab.py) -> fp32 ONNX and the target's conversion (onnx_export.py) -> package folder
+with manifest (package.py), and the pruning record where the structure was pruned.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 from nebula.client.runtime.errors import ExportError
 from nebula.client.runtime.package import Manifest, check_output_folder, write_package
 from nebula.deploy.export.onnx_export import OPSET, TARGETS, calibration_batches, convert, export_fp32
+from nebula.deploy.export.structured import write_record
+from nebula.learning.prune_spec import SPEC_HELP, PruneSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +48,14 @@ class ExportConfig:
     test_size: int = _opt(500, "global test examples, kept out of calibration (as data.test_size)")
     seed: int = _opt(0, "split seed (as data.seed)")
     calibration_size: int = _opt(128, "public texts that calibrate static-int8")
+    prune: str = _opt("", SPEC_HELP)
+    prune_recover_epochs: int = _opt(1, "epochs of distillation from the unpruned model after --prune (0: none)")
+    prune_texts: int = _opt(
+        512,
+        "unlabelled texts --prune scores importance and recovers on: the first of --dataset's public pool, "
+        "else of --prune-vocab-from's corpus",
+    )
+    prune_lr: float = _opt(1e-4, "AdamW learning rate of the recovery after --prune")
 
     def validate(self) -> ExportConfig:
         if not self.adapter_dir:
@@ -58,7 +69,26 @@ class ExportConfig:
                 raise ExportError(f"export.{name} must be > 0, got {getattr(self, name)}")
         if TARGETS[self.target].needs_calibration and not self.dataset:
             raise ExportError(f"export.dataset is required for target {self.target} (its public texts calibrate)")
+        if self.prune:
+            self._validate_prune()
         return self
+
+    def _validate_prune(self) -> None:
+        try:
+            PruneSpec.parse(self.prune)
+        except ValueError as err:
+            raise ExportError(f"export.prune: {err}") from None
+        if not (self.dataset or self.prune_vocab_from):
+            raise ExportError(
+                "export.prune needs unlabelled texts to score importance and recover on: give export.dataset "
+                "(--dataset, its public pool) or export.prune_vocab_from (--prune-vocab-from, a corpus)"
+            )
+        if self.prune_recover_epochs < 0:
+            raise ExportError(f"export.prune_recover_epochs must be >= 0, got {self.prune_recover_epochs}")
+        if self.prune_texts <= 0:
+            raise ExportError(f"export.prune_texts must be > 0, got {self.prune_texts}")
+        if not self.prune_lr > 0:
+            raise ExportError(f"export.prune_lr must be > 0, got {self.prune_lr}")
 
 
 def read_corpus(name_or_path: str) -> list[str]:
@@ -98,16 +128,31 @@ def choose_labels(
 
 def calibration_texts(config: ExportConfig) -> list[str]:
     """The first ``calibration_size`` texts of the public pool the federation's split rule gives."""
+    return public_texts(config, config.calibration_size)
+
+
+def public_texts(config: ExportConfig, size: int) -> list[str]:
+    """The first ``size`` texts of ``config.dataset``'s public pool under the federation's split rule (test set
+    first, so none of them is a test text)."""
     from nebula.common.data import DatasetError, load_dataset, split_dataset
 
     try:
         dataset = load_dataset(config.dataset)
-        _, public, _ = split_dataset(
-            len(dataset), test=config.test_size, public=config.calibration_size, seed=config.seed
-        )
+        _, public, _ = split_dataset(len(dataset), test=config.test_size, public=size, seed=config.seed)
     except DatasetError as err:
         raise ExportError(str(err)) from None
     return [dataset.texts[i] for i in public]
+
+
+def pruning_texts(config: ExportConfig) -> tuple[list[str], str]:
+    """The unlabelled texts ``--prune`` runs on (at most ``prune_texts``) and where they come from: the public pool
+    of ``config.dataset``, else the corpus ``config.prune_vocab_from``."""
+    if config.dataset:
+        return public_texts(config, config.prune_texts), f"the public pool of {config.dataset} (seed {config.seed})"
+    texts = read_corpus(config.prune_vocab_from)[: config.prune_texts]
+    if not texts:
+        raise ExportError(f"{config.prune_vocab_from}: the corpus holds no text for --prune to run on")
+    return texts, str(config.prune_vocab_from)
 
 
 def export_adapter(config: ExportConfig) -> Manifest:
@@ -117,8 +162,9 @@ def export_adapter(config: ExportConfig) -> Manifest:
     ------
     ExportError
         Bad configuration, an output folder that is not an export package, an adapter that cannot
-        be loaded, label names that do not fit the head, or a target unavailable here. Nothing is
-        written before the model has been exported and converted.
+        be loaded, label names that do not fit the head, a ``prune`` spec the model does not fit (more
+        layers than it has; not BERT-family), or a target unavailable here. Nothing is written before
+        the model has been exported and converted.
     """
     from nebula.deploy.export.merge import load_adapter_model, read_adapter_config
 
@@ -133,6 +179,7 @@ def export_adapter(config: ExportConfig) -> Manifest:
     labels = choose_labels(
         num_labels, given=config.labels, dataset_names=dataset_names, model_names=model_names, where=config.adapter_dir
     )
+    pruning = _prune_structure(model, tokenizer, config) if config.prune else None
     id_map = _prune_vocab(model, tokenizer, config) if config.prune_vocab_from else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model_pad = int(id_map[pad_id]) if id_map is not None else pad_id
@@ -146,7 +193,7 @@ def export_adapter(config: ExportConfig) -> Manifest:
         fp32 = export_fp32(model, Path(tmp) / "fp32.onnx", pad_id=model_pad)
         final = convert(fp32, Path(tmp) / "model.onnx", config.target, calibration=calibration)
         base = config.base or read_adapter_config(config.adapter_dir).get("base_model_name_or_path", "")
-        return write_package(
+        manifest = write_package(
             config.out,
             model_file=final,
             tokenizer=tokenizer,
@@ -158,6 +205,9 @@ def export_adapter(config: ExportConfig) -> Manifest:
             source_adapter=config.adapter_dir,
             opset=OPSET,
         )
+    if pruning is not None:
+        write_record(config.out, pruning)  # after the package is in place: the manifest format is the runtime's
+    return manifest
 
 
 def _dataset_label_names(dataset: str | None) -> list[str] | None:
@@ -170,6 +220,19 @@ def _dataset_label_names(dataset: str | None) -> list[str] | None:
         return load_dataset(dataset).label_names
     except DatasetError as err:
         raise ExportError(str(err)) from None
+
+
+def _prune_structure(model, tokenizer, config: ExportConfig) -> dict:
+    """Prune ``model``'s heads, FFN neurons and layers by ``config.prune`` and recover it (structured.py)."""
+    from nebula.deploy.export.structured import describe, prune_merged
+
+    texts, source = pruning_texts(config)
+    record = prune_merged(
+        model, tokenizer, texts, spec=config.prune, recover_epochs=config.prune_recover_epochs, lr=config.prune_lr,
+        max_length=config.max_length, seed=config.seed, texts_from=source, where=config.adapter_dir,
+    )  # fmt: skip
+    log.info("%s", describe(record))
+    return record
 
 
 def _prune_vocab(model, tokenizer, config: ExportConfig) -> np.ndarray:

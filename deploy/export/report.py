@@ -19,6 +19,10 @@ What it measures:
   median of ``repeats`` timed runs after ``warmup`` untimed ones, with ``threads`` intra-op
   threads; the PyTorch models are timed the same way with the same thread count, for reference.
 
+A package exported with ``--prune`` carries its pruning record (structured.py); the report copies it into
+``package.pruning`` and describes it above the table. The student row stays the merged model before pruning,
+so the package's agreement with it is what pruning and quantisation lost together.
+
 Against each teacher the report states how much smaller, how accurate (share of the teacher's
 accuracy) and how much faster at batch 1 the package is, next to the targets of :data:`TARGETS`
 (the edge-export promise: >= 25x smaller than the big teacher, >= 97% of its accuracy, >= 10x lower
@@ -205,6 +209,8 @@ def build_report(
 
 def _context(predictor, package_dir: str | Path, split: EvalSplit, *, threads: int, repeats: int) -> dict:
     """The report's context: the ``package``, the ``test`` set (which split) and the ``timing`` protocol."""
+    from nebula.deploy.export.structured import read_record
+
     manifest = predictor.manifest
     return {
         "package": {
@@ -212,6 +218,7 @@ def _context(predictor, package_dir: str | Path, split: EvalSplit, *, threads: i
             "target": manifest.target,
             "kept_vocab_size": manifest.kept_vocab_size,
             "source_adapter": manifest.source_adapter,
+            "pruning": read_record(package_dir),  # None unless exported with --prune (structured.py)
         },
         "test": {
             **split.source,
@@ -431,6 +438,7 @@ def format_markdown(report: dict) -> str:
             else ""
         )
         + f". Latency: median of {timing['repeats']} runs, {timing['threads']} thread(s), {timing['what']}.",
+        *_pruning_lines(report["package"].get("pruning")),
         "",
         "| model | size (MB) | accuracy | top-1 agreement with export | max abs logit diff "
         "| batch-1 (ms) | batch-32 (ms) |",
@@ -464,6 +472,15 @@ def format_markdown(report: dict) -> str:
                 f"| {cell(a, 'batch1_faster_x', '.1f', 'x')} |"
             )
     return "\n".join(lines)
+
+
+def _pruning_lines(record: dict | None) -> list[str]:
+    """A sentence on the package's structured pruning (the student row below is the unpruned model); none without."""
+    if record is None:
+        return []
+    from nebula.deploy.export.structured import describe
+
+    return ["", f"The export is pruned: {describe(record)}. The student row is the model before pruning."]
 
 
 def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:

@@ -78,3 +78,26 @@ def test_the_flywheel_logs_predictions_and_picks_rows_to_label(cli_export, tmp_p
     assert [row["text"] for row in rows] == picked and all(row["label"] == "" for row in rows)
     assert main(["flywheel", str(log), "--out", str(sheet), "--k", "2"]) == 2  # never overwrites labels
     assert "exists" in capsys.readouterr().err
+
+
+def test_export_prune_refuses_a_bad_spec_naming_the_entry(adapter_dir, tmp_path, capsys):
+    argv = ["export", str(adapter_dir), "--out", str(tmp_path / "out"), "--dataset", "tweets"]
+    assert main([*argv, "--prune", "heads:0.5,layer:2"]) == 2
+    assert "export.prune: bad entry 'layer:2': unknown name 'layer'" in capsys.readouterr().err
+    assert main(["export", str(adapter_dir), "--out", str(tmp_path / "out"), "--prune", "layers:2"]) == 2
+    assert "export.prune needs unlabelled texts" in capsys.readouterr().err  # no --dataset, no --prune-vocab-from
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_prune_writes_a_pruned_int8_package_that_predicts(adapter_dir, pruned_corpus, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    argv = ["export", str(adapter_dir), "--out", str(out), "--labels", "neg,neu,pos", "--prune-vocab-from"]
+    argv += [str(pruned_corpus), "--prune", "heads:0.5,ffn:0.5,layers:2", "--prune-texts", "16"]
+    assert main(argv) == 0  # cpu-int8, one recovery epoch (the defaults), texts from the corpus
+    printed = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "structured pruning heads:0.5,ffn:0.5,layers:2 (magnitude importance on 16 texts of" in printed
+    assert "layers 2 of 3, heads 6 of 12 per layer, FFN 768 of 1536" in printed
+    assert "recovered by 1 epoch(s) of distillation from the unpruned model (1 step)" in printed
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "vocab_map.npy", "manifest.json", "pruning-record.json"}
+    assert main(["predict", str(out), "what a lovely day"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("neg", "neu", "pos")
