@@ -13,7 +13,8 @@ import json
 import logging
 import pickle
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,15 +94,22 @@ def load_learner(
         lora_dropout=lora.dropout,
         target_modules=LORA_TARGETS.get(base.config.model_type),
     )
-    with warnings.catch_warnings():
-        # PEFT 0.x reads transformers' deprecated ``is_gradient_checkpointing``: its FutureWarning is theirs, not
-        # the user's, and otherwise prints on every client's every round.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         model = get_peft_model(base, config)
     learner = Learner(name_or_path, model, tokenizer, trainable_state(model))
     log.debug("loaded %s (%d trainable parameters)", name_or_path, learner.num_trainable)
     _CACHE[key] = learner
     return learner
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around PEFT's model building and loading: PEFT 0.x reads transformers' deprecated
+    ``is_gradient_checkpointing``, and that FutureWarning is theirs, not the user's (it printed on every client's
+    every round, and on every export)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

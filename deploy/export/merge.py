@@ -159,6 +159,8 @@ def load_adapter_model(adapter_dir: str | Path, *, base: str | None = None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from nebula.learning.models import quiet_peft
+
     folder = Path(adapter_dir)
     config = read_adapter_config(folder)
     num_labels = adapter_num_labels(folder, config)
@@ -171,7 +173,8 @@ def load_adapter_model(adapter_dir: str | Path, *, base: str | None = None):
         except (OSError, ValueError) as err:
             raise ExportError(f"{folder}: base model {base_path!r} cannot be loaded ({err})") from None
         try:
-            model = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
+            with quiet_peft():
+                model = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise ExportError(f"{folder}: the adapter does not load on base {base_path!r} ({err})") from None
     finally:
