@@ -8,8 +8,10 @@ A simulated annotator stands in for the person who labels (the labels come from 
 2. the client (MiniLM-L3 + LoRA) trains on its seed set; its predictions on the pool are appended to a
    :class:`nebula.common.flywheel.PredictionLog`, as the edge runtime logs them; the global student predicts
    the same pool;
-3. for each strategy (``random`` and :data:`nebula.common.flywheel.STRATEGIES`; diversity on the logged
-   probability vectors, what a device running an export has) and each ``k`` (``--ks``): ``k`` logged rows are
+3. for each strategy (``random`` and :data:`nebula.common.flywheel.STRATEGIES`; diversity and typicality in
+   the base model's sentence embeddings, :mod:`nebula.learning.embeddings`, which ``nebula flywheel select
+   --embedder`` computes on the device; ``typical`` also takes the embeddings of the seed set) and each
+   ``k`` (``--ks``): ``k`` logged rows are
    selected, written to an annotation file (``write_annotation_file``), labelled by the simulated annotator,
    read back (``read_annotations``) and stored next to the seed set in the device's data folder
    (``write_labelled``, read by ``load_labelled_files``); the client retrains from its initial adapter on that
@@ -132,13 +134,31 @@ def accuracy_on_test(learner, data: FlywheelData, *, max_length: int) -> float:
 # --- the flywheel: select, annotate, read back ------------------------------------------------
 
 
-def choose(records, k: int, strategy: str, *, global_probs: np.ndarray, seed: int) -> np.ndarray:
-    """Indices into ``records`` of the ``k`` rows ``strategy`` would have labelled (``random``: a seeded draw)."""
+def choose(records, k: int, strategy: str, *, global_probs: np.ndarray, space, seed: int) -> np.ndarray:
+    """Indices into ``records`` of the ``k`` rows ``strategy`` would have labelled (``random``: a seeded draw);
+    ``space`` holds the sentence embeddings of the pool and of the seed set."""
     from nebula.common.flywheel import select
 
     if strategy == RANDOM:
         return np.random.default_rng([seed, k]).choice(len(records), size=min(k, len(records)), replace=False)
-    return select(records, k, global_probs=global_probs, strategy=strategy)
+    return select(records, k, global_probs=global_probs, strategy=strategy, embeddings=space.pool,
+                  labelled_embeddings=space.seed_set, seed=seed)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Space:
+    """Sentence embeddings (:func:`nebula.learning.embeddings.embed`) of the pool (N, d) and the seed set (M, d)."""
+
+    pool: np.ndarray
+    seed_set: np.ndarray
+
+
+def embedding_space(args, data: FlywheelData) -> Space:
+    from nebula.learning.embeddings import embed, load_encoder
+
+    model, tokenizer = load_encoder(args.model)
+    rows = embed(model, tokenizer, data.texts(np.concatenate([data.pool, data.seed_set])), max_length=args.max_length)
+    return Space(rows[: len(data.pool)], rows[len(data.pool) :])
 
 
 def annotate(path: Path, records, truth: list[str]) -> None:
@@ -198,10 +218,11 @@ def run_seed(args, seed: int) -> dict:
         pool_texts, probabilities(client, pool_texts, max_length=args.max_length), label_names=data.dataset.label_names
     )
     records = log.read().records  # the device's log, read back as the selection reads it
+    space = embedding_space(args, data)
     result["turns"] = {}
     for strategy in args.strategies:
         for k in args.ks:
-            picked = choose(records, k, strategy, global_probs=global_probs, seed=seed)
+            picked = choose(records, k, strategy, global_probs=global_probs, space=space, seed=seed)
             own = labelled_folder(folder / f"{strategy}-{k}", data, records, picked, labels[data.pool])
             client = train_client(args, own.texts, own.labels, num_classes=classes, seed=seed)
             result["turns"][f"{strategy} | {k}"] = {
@@ -231,11 +252,16 @@ def summarise(per_seed: dict[int, dict], strategies: list[str], ks: list[int]) -
         s: {str(k): stats([per_seed[seed]["turns"][f"{s} | {k}"]["accuracy"] for seed in seeds]) for k in ks}
         for s in strategies
     }
-    gain = {}
+    gain = {}  # paired: seed by seed, the strategy's accuracy minus random's at the same k
     if RANDOM in results:
         for s in strategies:
             if s != RANDOM:
-                gain[s] = {str(k): results[s][str(k)]["mean"] - results[RANDOM][str(k)]["mean"] for k in ks}
+                gain[s] = {
+                    str(k): stats(
+                        [a - b for a, b in zip(results[s][str(k)]["per_seed"], results[RANDOM][str(k)]["per_seed"])]
+                    )
+                    for k in ks
+                }
     return {
         "seed_only": stats([per_seed[s]["seed_only"] for s in seeds]),
         "global_student": stats([per_seed[s]["global_student"] for s in seeds]),
@@ -250,15 +276,18 @@ def markdown_table(summary: dict, ks: list[int]) -> str:
     def pm(s: dict) -> str:
         return f"{100 * s['mean']:.1f}" + ("" if s["sd"] is None else f" ± {100 * s['sd']:.1f}")
 
+    def gain(s: dict) -> str:
+        return f"{100 * s['mean']:+.1f}" + ("" if s["sd"] is None else f" ± {100 * s['sd']:.1f}")
+
     lines = ["| strategy | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---" + "|---:" * len(ks) + "|"]
     for strategy, by_k in summary["results"].items():
         gains = summary["gain_over_random"].get(strategy, {})
-        cells = [pm(by_k[str(k)]) + (f" ({100 * gains[str(k)]:+.1f})" if str(k) in gains else "") for k in ks]
+        cells = [pm(by_k[str(k)]) + (f" ({gain(gains[str(k)])})" if str(k) in gains else "") for k in ks]
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Seed set only: {pm(summary['seed_only'])}%; global student (other data): {pm(summary['global_student'])}%. "
-        "In brackets: points over random.",
+        "In brackets: points over random, seed by seed (paired), mean ± sd.",
     ]
     return "\n".join(lines)
 
@@ -274,7 +303,8 @@ def write(args, per_seed: dict[int, dict], command: str) -> dict:
         "command": command,
         "seeds": sorted(per_seed),
         "ks": args.ks,
-        "settings": settings | {"diversity_space": "logged probabilities", "annotator": "the dataset's labels"},
+        "settings": settings
+        | {"diversity_space": f"sentence embeddings of {args.model}", "annotator": "the dataset's labels"},
         **summary,
         "per_seed": {str(s): r for s, r in sorted(per_seed.items())},
     }

@@ -49,15 +49,19 @@ class ConfigOptions:
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
-def command(app: typer.Typer, name: str, text: str, *, config: ConfigOptions | None = None):
+def command(app: typer.Typer, name: str, text: str, *, config: ConfigOptions | None = None, passthrough: bool = False):
     """Decorator: register the function as command ``name`` of ``app``, with help ``text``.
 
     Adds ``-v/--verbose`` (passed on as ``verbose`` if the function takes it) and, with ``config``, the
-    configuration options (passed on as ``overrides``). The function returns the exit code.
+    configuration options (passed on as ``overrides``). The function returns the exit code. ``passthrough``:
+    options the command does not know (``--help`` too) reach its arguments unparsed, for a script's own parser.
     """
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
     def register(func: Callable[..., int]) -> Callable[..., int]:
-        app.command(name, help=text, cls=_with_argument_help(func))(_with_shared_options(func, config))
+        app.command(name, help=text, cls=_with_argument_help(func), context_settings=settings if passthrough else None)(
+            _with_shared_options(func, config)
+        )
         return func
 
     return register

@@ -1,4 +1,5 @@
-"""``nebula export`` and ``nebula predict``: an adapter as an ONNX package for edge devices, and what it predicts.
+"""``nebula export``, ``predict``, ``flywheel`` and ``distill-benchmark``: an adapter as an ONNX package for edge
+devices, what it predicts, which of its inputs to label, and how much of a strong teacher such a package keeps.
 
 Loaded by the ``nebula`` group when one of them is named (cli/main.py, ``NebulaGroup``).
 """
@@ -218,8 +219,20 @@ def flywheel(
         str | None,
         typer.Option(help="export of the downloaded global student: needed by the disagreement and mixed strategies"),
     ] = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option(
+            help="base model (builtin name or folder) whose sentence embeddings place the rows: needed by typical, "
+            "used by diverse and mixed (else the logged probabilities)"
+        ),
+    ] = None,
+    labelled: Annotated[
+        str | None,
+        typer.Option(help="the device's labelled data (file or folder): typical covers what it does not hold yet"),
+    ] = None,
     skip_corrupt: Annotated[bool, typer.Option(help="skip corrupt log lines (listed) instead of stopping")] = False,
 ) -> int:
+    from nebula.common.data import DatasetError, load_labelled_files
     from nebula.common.flywheel import FlywheelError, PredictionLog, select, write_annotation_file
 
     try:
@@ -232,9 +245,25 @@ def flywheel(
             from nebula.client.runtime.predictor import EdgePredictor
 
             global_probs = EdgePredictor(global_student).predict_proba([r.text for r in records])
-        chosen = select(records, min(k, len(records)), global_probs=global_probs, strategy=strategy)
+        if strategy == "typical" and not embedder:
+            return fail("--strategy typical needs --embedder: the base model whose sentence embeddings place the rows")
+        if labelled and not embedder:
+            return fail("--labelled needs --embedder: the labelled rows are placed in its embeddings")
+        space = own = None
+        if embedder:
+            from nebula.learning.embeddings import embed, load_encoder
+
+            model, tokenizer = load_encoder(embedder)
+            space = embed(model, tokenizer, [r.text for r in records])
+            if labelled:
+                names = _label_names(records)
+                if names is None:
+                    return fail(f"{log}: the log does not name every class, so {labelled}'s labels cannot be read")
+                own = embed(model, tokenizer, load_labelled_files(labelled, label_names=names).texts)
+        chosen = select(records, min(k, len(records)), global_probs=global_probs, strategy=strategy,
+                        embeddings=space, labelled_embeddings=own)  # fmt: skip
         path = write_annotation_file([records[i] for i in chosen], out, label_names=_label_names(records))
-    except (FlywheelError, OSError) as exc:
+    except (FlywheelError, DatasetError, OSError) as exc:
         return fail(str(exc))
     say(f"{len(chosen)} of {len(records)} logged inputs ({strategy}) -> {path}: fill the label column")
     return 0
@@ -245,3 +274,31 @@ def _label_names(records) -> list[str] | None:
     names: dict[int, str] = {r.label: r.label_name for r in records if r.label_name is not None}
     classes = len(records[0].probs) if records else 0
     return [names[i] for i in range(classes)] if classes and len(names) == classes else None
+
+
+@command(
+    app,
+    "distill-benchmark",
+    "How much of a strong teacher an exported MiniLM-L3 keeps, recipe by recipe (benchmarks/distill.py of a "
+    "source checkout; its options: nebula distill-benchmark --help).",
+    passthrough=True,
+)
+def distill_benchmark(
+    args: Annotated[list[str] | None, typer.Argument(help="benchmarks/distill.py's options, passed on")] = None,
+) -> int:
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "distill.py"
+    if not script.is_file():
+        return fail(f"distill-benchmark runs {script}, which only a source checkout has (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("nebula_distill_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    program, sys.argv[0] = sys.argv[0], "nebula distill-benchmark"  # argparse's usage line names the command
+    try:
+        return module.main(list(args or []))
+    except SystemExit as exc:  # argparse's --help and its errors
+        return exc.code if isinstance(exc.code, int) else 2
+    finally:
+        sys.argv[0] = program

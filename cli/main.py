@@ -47,10 +47,11 @@ class NebulaGroup(TyperGroup):
         "export": "nebula.cli.edge",
         "predict": "nebula.cli.edge",
         "flywheel": "nebula.cli.edge",
+        "distill-benchmark": "nebula.cli.edge",
     }
 
     ORDER = (
-        *("setup", "simulate", "benchmark", "teach", "export", "predict", "flywheel"),
+        *("setup", "simulate", "benchmark", "teach", "export", "predict", "flywheel", "distill-benchmark"),
         *("certs", "deploy", "fleet-gate", "worker"),
     )
 

@@ -14,7 +14,10 @@
    - ``mixed``: a score ``s`` in [0, 1], the mean of uncertainty and (where the global student's
      probabilities are given) disagreement, each divided by its largest possible value; the best row
      first, then each time the row that maximises ``s_i * min_j d(x_i, x_j)`` over those chosen (``d`` as
-     for ``diverse``): uncertain, and not ``k`` copies of one confusion.
+     for ``diverse``): uncertain, and not ``k`` copies of one confusion;
+   - ``typical``: one typical row per region of the embeddings the device's labelled data does not cover yet
+     (TypiClust, :mod:`nebula.common.typical`): needs embeddings, and takes those of the labelled rows; the
+     strategy for small budgets (the flywheel benchmark, docs/benchmarks.md).
 
    Repeated texts count once (the first logged).
 3. :func:`write_annotation_file` writes the picks as CSV with an empty ``label`` column for a person to fill;
@@ -39,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from nebula.common.data import TextDataset
+from nebula.common.typical import TypicalError, typical_select
 
-STRATEGIES = ("uncertainty", "disagreement", "diverse", "mixed")
+STRATEGIES = ("uncertainty", "disagreement", "diverse", "mixed", "typical")
 ANNOTATION_COLUMNS = ("text", "label", "predicted", "confidence")
 _SUM_ATOL = 1e-3  # probabilities logged as JSON floats from float32 rows
 
@@ -243,7 +247,9 @@ def select(
     global_probs: np.ndarray | None = None,
     strategy: str = "uncertainty",
     embeddings: np.ndarray | None = None,
+    labelled_embeddings: np.ndarray | None = None,
     measure: str = "margin",
+    seed: int = 0,
 ) -> np.ndarray:
     """Indices into ``records`` of the ``k`` inputs most worth labelling, best first (module docstring).
 
@@ -254,11 +260,16 @@ def select(
         How many to pick (fewer where there are fewer distinct texts).
     global_probs : np.ndarray, shape (N, C), optional
         The downloaded global student's probabilities on the same inputs; needed by ``disagreement``.
-    strategy : {"uncertainty", "disagreement", "diverse", "mixed"}
+    strategy : {"uncertainty", "disagreement", "diverse", "mixed", "typical"}
     embeddings : np.ndarray, shape (N, D), optional
-        Where diversity is measured (``diverse``, ``mixed``); default the probability vectors.
+        Where diversity is measured (``diverse``, ``mixed``; default the probability vectors) and typicality
+        (``typical``: required).
+    labelled_embeddings : np.ndarray, shape (M, D), optional
+        Embeddings of the device's labelled rows (``typical``: the regions they cover come last).
     measure : {"margin", "entropy"}
         Of uncertainty.
+    seed : int
+        Of the clustering (``typical``).
 
     Returns
     -------
@@ -276,11 +287,18 @@ def select(
             raise FlywheelError(f"{name} must be (N, ...) with N = {len(records)} records, got {np.shape(arr)}")
     if strategy == "disagreement" and global_probs is None:
         raise FlywheelError("strategy 'disagreement' needs global_probs: the global student's probabilities")
+    if strategy == "typical" and embeddings is None:
+        raise FlywheelError("strategy 'typical' needs embeddings of the logged texts")
     keep = _first_of_each_text(records)  # (U,) distinct texts
     probs, space = probs[keep], (probs if embeddings is None else np.asarray(embeddings, np.float64))[keep]
     other = None if global_probs is None else np.asarray(global_probs, dtype=np.float64)[keep]
     if strategy == "diverse":
         return keep[k_center(space, k)]
+    if strategy == "typical":
+        try:
+            return keep[typical_select(space, k, labelled=labelled_embeddings, seed=seed)]
+        except TypicalError as exc:
+            raise FlywheelError(str(exc)) from None
     if strategy == "uncertainty":
         score = uncertainty(probs, measure=measure)
     elif strategy == "disagreement":

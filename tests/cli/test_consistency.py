@@ -20,6 +20,7 @@ def _options(command):
 
 def test_every_command_is_found(commands):
     expected = {"simulate", "benchmark", "setup", "teach", "worker", "export", "predict", "flywheel", "certs"}
+    expected |= {"distill-benchmark"}
     expected |= {"fleet-gate"}
     expected |= {"deploy up", "deploy down"} | {f"unlearn {c}" for c in ("submit", "status", "list", "verify")}
     assert expected | {"unlearn serve", "unlearn benchmark"} <= set(commands)
@@ -116,7 +117,7 @@ def test_export_takes_the_old_teacher_spelling_with_a_warning(tmp_path, capsys):
     assert "now" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(all_commands()))
+@pytest.mark.parametrize("name", sorted(set(all_commands()) - {"distill-benchmark"}))  # its script's help: below
 def test_every_command_has_help(name, capsys):
     with pytest.raises(SystemExit) as done:
         main([*name.split(), "--help"])
@@ -129,3 +130,13 @@ def test_arguments_show_their_help(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["teach", "--help"])
     assert "folder of a finished run (holds ledger.sqlite)" in capsys.readouterr().out
+
+
+def test_distill_benchmark_passes_its_options_to_the_script(capsys):
+    from nebula.cli.main import main
+
+    assert main(["distill-benchmark", "--variants", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: nebula distill-benchmark" in err and "unknown variants ['nope']" in err
+    assert main(["distill-benchmark", "--help"]) == 0
+    assert "--teacher-epochs" in capsys.readouterr().out

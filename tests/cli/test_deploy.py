@@ -80,6 +80,22 @@ def test_the_flywheel_logs_predictions_and_picks_rows_to_label(cli_export, tmp_p
     assert "exists" in capsys.readouterr().err
 
 
+def test_the_flywheel_picks_typical_rows_in_the_embedders_space(cli_export, tmp_path, capsys, tweets):
+    _, out = cli_export
+    log, sheet, own = tmp_path / "log.jsonl", tmp_path / "typical.csv", tmp_path / "own.csv"
+    texts = [str(t) for t in tweets["test"][:8]]
+    assert main(["predict", str(out), *texts, "--log", str(log)]) == 0
+    argv = ["flywheel", str(log), "--out", str(sheet), "--k", "3", "--strategy", "typical"]
+    assert main(argv) == 2 and "needs --embedder" in capsys.readouterr().err
+    assert not sheet.exists()
+    records = PredictionLog(log).read().records
+    own.write_text("text,label\n" + f'"{texts[0]}",{records[0].label_name}\n', encoding="utf-8")
+    assert main([*argv, "--embedder", "minilm-l3", "--labelled", str(own)]) == 0
+    with sheet.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and len({r["text"] for r in rows}) == 3 and {r["text"] for r in rows} <= set(texts)
+
+
 def test_export_prune_refuses_a_bad_spec_naming_the_entry(adapter_dir, tmp_path, capsys):
     argv = ["export", str(adapter_dir), "--out", str(tmp_path / "out"), "--dataset", "tweets"]
     assert main([*argv, "--prune", "heads:0.5,layer:2"]) == 2

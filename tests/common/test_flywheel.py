@@ -154,6 +154,28 @@ def test_mixed_weighs_disagreement_with_the_global_student_where_given():
     assert 1 not in select(_records(device), 2, strategy="mixed")  # row 2 is less sure than row 1
 
 
+def test_typical_picks_the_centre_of_each_uncovered_cluster():
+    """Three tight clusters on the unit circle's directions; the device already holds a row of the first: one
+    pick per uncovered cluster, each its most central member."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    points = np.concatenate([c + rng.normal(scale=0.05, size=(10, 3)) for c in centres])  # (30, 3)
+    middle = [int(np.linalg.norm(points[10 * j : 10 * j + 10] - centres[j], axis=1).argmin()) + 10 * j for j in (1, 2)]
+    points[middle] = centres[[1, 2]]  # the exact centre: the densest spot of its cluster
+    probs = np.full((30, 3), 1 / 3)
+    picked = select(_records(probs), 2, strategy="typical", embeddings=points, labelled_embeddings=centres[:1])
+    assert sorted(picked.tolist()) == sorted(middle)  # the two uncovered clusters, at their centres
+    again = select(_records(probs), 2, strategy="typical", embeddings=points, labelled_embeddings=centres[:1])
+    assert again.tolist() == picked.tolist()  # seeded: the same picks
+
+
+def test_typical_never_picks_a_text_twice_and_stops_at_the_pool():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(12, 4))
+    picked = select(_records(np.full((12, 2), 0.5)), 50, strategy="typical", embeddings=points)
+    assert sorted(picked.tolist()) == list(range(12))
+
+
 def test_repeated_texts_count_once():
     probs = [[0.5, 0.5], [0.5, 0.5], [0.6, 0.4], [0.9, 0.1]]
     picked = select(_records(probs, ["same", "same", "other", "third"]), 2)
@@ -168,6 +190,12 @@ def test_repeated_texts_count_once():
         ({"k": 1, "strategy": "disagreement"}, "needs global_probs"),
         ({"k": 1, "strategy": "disagreement", "global_probs": np.ones((3, 2)) / 2}, "N = 2 records"),
         ({"k": 1, "measure": "variance"}, "'margin' or 'entropy'"),
+        ({"k": 1, "strategy": "typical"}, "needs embeddings"),
+        ({"k": 1, "strategy": "typical", "embeddings": np.full((2, 3), np.nan)}, "NaN"),
+        (
+            {"k": 1, "strategy": "typical", "embeddings": np.ones((2, 3)), "labelled_embeddings": np.ones((1, 4))},
+            r"labelled must be \(M, 3\)",
+        ),
     ],
 )
 def test_select_refuses(kwargs, match):

@@ -60,15 +60,19 @@ def test_annotated_rows_join_the_seed_set_with_the_datasets_labels(bench, small,
 
 
 def test_choose_random_is_seeded_and_strategies_use_the_flywheels_selection(bench, small):
-    from nebula.common.flywheel import select
+    from nebula.common.flywheel import STRATEGIES, select
 
     _, records = small
-    other = np.random.default_rng(1).dirichlet(np.ones(3), size=30)
-    draw = lambda seed: bench.choose(records, 8, "random", global_probs=other, seed=seed).tolist()
+    rng = np.random.default_rng(1)
+    other = rng.dirichlet(np.ones(3), size=30)
+    space = bench.Space(rng.normal(size=(30, 8)), rng.normal(size=(6, 8)))
+    draw = lambda seed: bench.choose(records, 8, "random", global_probs=other, space=space, seed=seed).tolist()
     assert len(set(draw(3))) == 8 and draw(3) == draw(3) and draw(3) != draw(4)
-    for strategy in ("uncertainty", "disagreement", "diverse", "mixed"):
-        picked = bench.choose(records, 8, strategy, global_probs=other, seed=3)
-        assert picked.tolist() == select(records, 8, global_probs=other, strategy=strategy).tolist()
+    for strategy in STRATEGIES:
+        picked = bench.choose(records, 8, strategy, global_probs=other, space=space, seed=3)
+        expected = select(records, 8, global_probs=other, strategy=strategy, embeddings=space.pool,
+                          labelled_embeddings=space.seed_set, seed=3)  # fmt: skip
+        assert picked.tolist() == expected.tolist()
 
 
 def test_summary_means_over_seeds_and_gains_over_random(bench):
@@ -83,9 +87,10 @@ def test_summary_means_over_seeds_and_gains_over_random(bench):
     summary = bench.summarise(per_seed, ["random", "uncertainty"], [50])
     assert summary["results"]["uncertainty"]["50"]["mean"] == pytest.approx(0.66)
     assert summary["results"]["uncertainty"]["50"]["per_seed"] == [0.64, 0.68]
-    assert summary["gain_over_random"] == {"uncertainty": {"50": pytest.approx(0.05)}}
+    gain = summary["gain_over_random"]["uncertainty"]["50"]  # paired: +0.04 and +0.06
+    assert gain["mean"] == pytest.approx(0.05) and gain["sd"] == pytest.approx(np.std([0.04, 0.06], ddof=1))
     table = bench.markdown_table(summary, [50])
-    assert "| uncertainty | 66.0 ± 2.8 (+5.0) |" in table and "| random | 61.0 ± 1.4 |" in table
+    assert "| uncertainty | 66.0 ± 2.8 (+5.0 ± 1.4) |" in table and "| random | 61.0 ± 1.4 |" in table
 
 
 @pytest.mark.e2e
@@ -98,7 +103,7 @@ def test_smoke_run_writes_every_strategy_and_k(bench, tmp_path):
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert {"commit", "command", "seeds", "settings", "results", "seed_only", "global_student"} <= set(result)
-    assert set(result["results"]) == {"random", "uncertainty", "disagreement", "diverse", "mixed"}
+    assert set(result["results"]) == {"random", "uncertainty", "disagreement", "diverse", "mixed", "typical"}
     for by_k in result["results"].values():
         assert set(by_k) == {"4", "8"}
         assert all(0 <= v["mean"] <= 1 and len(v["per_seed"]) == 1 for v in by_k.values())
