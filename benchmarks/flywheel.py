@@ -199,16 +199,25 @@ def labelled_folder(folder: Path, data: FlywheelData, records, picked: np.ndarra
 # --- one seed ---------------------------------------------------------------------------------
 
 
-def run_seed(args, seed: int) -> dict:
+def turn_key(strategy: str, k: int) -> str:
+    return f"{strategy} | {k}"
+
+
+def run_seed(args, seed: int, result: dict, save) -> dict:
     """Accuracy on the test set of the seed-only client, the global student and the client after each
-    (strategy, k) turn of the flywheel."""
+    (strategy, k) turn of the flywheel, into ``result`` (a resumed seed's turns are kept, not rerun); ``save()``
+    after each turn."""
     from nebula.common.flywheel import PredictionLog
 
+    result.setdefault("turns", {})
+    todo = [(s, k) for s in args.strategies for k in args.ks if turn_key(s, k) not in result["turns"]]
+    if not todo:
+        return result
     data, folder = flywheel_data(args, seed), args.work / f"seed-{seed}"
     classes, labels = len(data.dataset.label_names), data.dataset.labels
     other = train_client(args, data.texts(data.global_set), labels[data.global_set], num_classes=classes, seed=seed)
     global_probs = probabilities(other, data.texts(data.pool), max_length=args.max_length)
-    result = {"global_student": accuracy_on_test(other, data, max_length=args.max_length)}
+    result["global_student"] = accuracy_on_test(other, data, max_length=args.max_length)
     client = train_client(args, data.texts(data.seed_set), labels[data.seed_set], num_classes=classes, seed=seed)
     result["seed_only"] = accuracy_on_test(client, data, max_length=args.max_length)
     log = PredictionLog(folder / "predictions.jsonl")
@@ -219,17 +228,16 @@ def run_seed(args, seed: int) -> dict:
     )
     records = log.read().records  # the device's log, read back as the selection reads it
     space = embedding_space(args, data)
-    result["turns"] = {}
-    for strategy in args.strategies:
-        for k in args.ks:
-            picked = choose(records, k, strategy, global_probs=global_probs, space=space, seed=seed)
-            own = labelled_folder(folder / f"{strategy}-{k}", data, records, picked, labels[data.pool])
-            client = train_client(args, own.texts, own.labels, num_classes=classes, seed=seed)
-            result["turns"][f"{strategy} | {k}"] = {
-                "accuracy": accuracy_on_test(client, data, max_length=args.max_length),
-                "labelled": len(picked),
-                "picked_classes": np.bincount(labels[data.pool][picked], minlength=classes).tolist(),
-            }
+    for strategy, k in todo:
+        picked = choose(records, k, strategy, global_probs=global_probs, space=space, seed=seed)
+        own = labelled_folder(folder / f"{strategy}-{k}", data, records, picked, labels[data.pool])
+        client = train_client(args, own.texts, own.labels, num_classes=classes, seed=seed)
+        result["turns"][turn_key(strategy, k)] = {
+            "accuracy": accuracy_on_test(client, data, max_length=args.max_length),
+            "labelled": len(picked),
+            "picked_classes": np.bincount(labels[data.pool][picked], minlength=classes).tolist(),
+        }
+        save()
     return result
 
 
@@ -248,6 +256,8 @@ def stats(values: list[float]) -> dict:
 def summarise(per_seed: dict[int, dict], strategies: list[str], ks: list[int]) -> dict:
     """Per strategy and k: the accuracy's :func:`stats` over the seeds, and its mean gain over ``random``."""
     seeds = sorted(per_seed)
+    if not seeds:
+        return {"seed_only": None, "global_student": None, "results": {}, "gain_over_random": {}}
     results = {
         s: {str(k): stats([per_seed[seed]["turns"][f"{s} | {k}"]["accuracy"] for seed in seeds]) for k in ks}
         for s in strategies
@@ -292,19 +302,47 @@ def markdown_table(summary: dict, ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+SETTINGS = ("dataset", "model", "seed_size", "global_size", "pool_size", "test_size", "epochs", "lr", "batch_size",
+            "max_length")  # fmt: skip
+
+
+def settings_of(args) -> dict:
+    """What a stored result must share with this run to be resumed (the strategies and ks may grow)."""
+    return {k: getattr(args, k) for k in SETTINGS} | {
+        "diversity_space": f"sentence embeddings of {args.model}",
+        "annotator": "the dataset's labels",
+    }
+
+
+def load(path: Path, settings: dict) -> dict[int, dict]:
+    """The seeds already in ``path`` (none if it does not exist), their turns kept; refuses other settings."""
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    differ = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
+    if differ:
+        raise SystemExit(f"error: {path} was made with other settings {differ} (stored, now); use another --out")
+    return {int(s): r for s, r in stored["per_seed"].items()}
+
+
+def complete(per_seed: dict[int, dict], strategies: list[str], ks: list[int]) -> dict[int, dict]:
+    """The seeds that hold every (strategy, k) turn asked for: what the summary averages."""
+    wanted = [turn_key(s, k) for s in strategies for k in ks]
+    return {s: r for s, r in per_seed.items() if all(t in r.get("turns", {}) for t in wanted)}
+
+
 def write(args, per_seed: dict[int, dict], command: str) -> dict:
-    """Rewrite ``args.out`` with the seeds so far and their summary (atomically); returns the summary."""
-    summary = summarise(per_seed, args.strategies, args.ks)
-    settings = {k: getattr(args, k) for k in ("dataset", "model", "seed_size", "global_size", "pool_size",
-                                              "test_size", "epochs", "lr", "batch_size", "max_length")}  # fmt: skip
+    """Rewrite ``args.out`` with the seeds so far (one still running too) and the summary of the complete ones
+    (atomically); returns the summary."""
+    summary = summarise(complete(per_seed, args.strategies, args.ks), args.strategies, args.ks)
     result = {
         "what": "accuracy of a client after labelling k rows chosen by each flywheel strategy (benchmarks/flywheel.py)",
         **provenance(),
         "command": command,
         "seeds": sorted(per_seed),
+        "complete_seeds": sorted(complete(per_seed, args.strategies, args.ks)),
         "ks": args.ks,
-        "settings": settings
-        | {"diversity_space": f"sentence embeddings of {args.model}", "annotator": "the dataset's labels"},
+        "settings": settings_of(args),
         **summary,
         "per_seed": {str(s): r for s, r in sorted(per_seed.items())},
     }
@@ -319,18 +357,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     command = "python benchmarks/flywheel.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    per_seed: dict[int, dict] = {}
+    per_seed = load(args.out, settings_of(args))  # an interrupted run continues: finished turns are kept
+    done = complete(per_seed, args.strategies, args.ks)
+    print(f"{len([s for s in seeds if s not in done])} seeds to run, {len(done)} complete in {args.out}", flush=True)
     started = time.perf_counter()
     for seed in seeds:
-        per_seed[seed] = run_seed(args, seed)
-        best = max(per_seed[seed]["turns"].items(), key=lambda kv: kv[1]["accuracy"])
+        if seed in done:
+            continue
+        result = per_seed.setdefault(seed, {})
+        run_seed(args, seed, result, lambda: write(args, per_seed, command))
+        best = max(result["turns"].items(), key=lambda kv: kv[1]["accuracy"])
         print(
-            f"seed {seed}: seed set only {100 * per_seed[seed]['seed_only']:.1f}%, global student "
-            f"{100 * per_seed[seed]['global_student']:.1f}%, best turn {best[0]} {100 * best[1]['accuracy']:.1f}%; "
+            f"seed {seed}: seed set only {100 * result['seed_only']:.1f}%, global student "
+            f"{100 * result['global_student']:.1f}%, best turn {best[0]} {100 * best[1]['accuracy']:.1f}%; "
             f"elapsed {time.perf_counter() - started:.0f} s",
             flush=True,
         )
-        summary = write(args, per_seed, command)
+    summary = write(args, per_seed, command)
+    if not summary["results"]:
+        return 0
     print("\n" + markdown_table(summary, args.ks))
     return 0
 

@@ -93,6 +93,19 @@ def test_summary_means_over_seeds_and_gains_over_random(bench):
     assert "| uncertainty | 66.0 ± 2.8 (+5.0 ± 1.4) |" in table and "| random | 61.0 ± 1.4 |" in table
 
 
+def test_a_stored_run_resumes_with_its_turns_and_refuses_other_settings(bench, tmp_path):
+    args = bench.parse_args(["--out", str(tmp_path / "fw.json"), "--strategies", "random,typical", "--ks", "5"])
+    per_seed = {0: {"seed_only": 0.5, "global_student": 0.6, "turns": {"random | 5": {"accuracy": 0.5}}}}
+    bench.write(args, per_seed, "cmd")  # seed 0 half done: not averaged yet
+    stored = json.loads(args.out.read_text())
+    assert stored["complete_seeds"] == [] and stored["results"] == {} and stored["seeds"] == [0]
+    assert bench.load(args.out, bench.settings_of(args)) == per_seed
+    assert bench.complete(per_seed, ["random"], [5]) == per_seed and bench.complete(per_seed, ["typical"], [5]) == {}
+    other = bench.parse_args(["--out", str(args.out), "--epochs", "2"])
+    with pytest.raises(SystemExit, match="other settings .*'epochs': \\(5, 2\\)"):
+        bench.load(other.out, bench.settings_of(other))
+
+
 @pytest.mark.e2e
 def test_smoke_run_writes_every_strategy_and_k(bench, tmp_path):
     out = tmp_path / "flywheel.json"
