@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nebula.common.provenance import provenance
+from nebula.common.provenance import StoredResultMismatch, provenance, stored_result
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = (
@@ -149,13 +149,11 @@ def markdown_table(cells: dict[str, dict], metric: str, attacks: list[str], rule
 
 def load(path: Path, settings: dict) -> dict[str, dict]:
     """The cells already in ``path`` (none if it does not exist); refuses a file made with other settings."""
-    if not path.exists():
-        return {}
-    stored = json.loads(path.read_text())
-    differ = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
-    if differ:
-        raise SystemExit(f"error: {path} was made with other settings {differ} (stored, now); use another --out")
-    return stored["cells"]
+    try:
+        stored = stored_result(path, settings)
+    except StoredResultMismatch as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return {} if stored is None else stored["cells"]
 
 
 def main(argv: list[str] | None = None) -> int:

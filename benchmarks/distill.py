@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nebula.common.provenance import provenance
+from nebula.common.provenance import StoredResultMismatch, provenance, stored_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -588,13 +588,13 @@ def markdown_table(summary: dict) -> str:
 
 def load(path: Path, settings: dict) -> dict:
     """``cells`` and ``teachers`` already in ``path`` (none if it does not exist); refuses other settings."""
-    if not path.exists():
-        return {"cells": {}, "teachers": {}}
-    stored = json.loads(path.read_text())
-    differ = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
-    if differ:
-        raise SystemExit(f"error: {path} was made with other settings {differ} (stored, now); use another --out")
-    return {"cells": stored["cells"], "teachers": stored["teachers"]}
+    try:
+        stored = stored_result(path, settings)
+    except StoredResultMismatch as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return (
+        {"cells": {}, "teachers": {}} if stored is None else {"cells": stored["cells"], "teachers": stored["teachers"]}
+    )
 
 
 def write(args, settings: dict, names: list[str], state: dict, command: str) -> dict:

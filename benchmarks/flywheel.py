@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nebula.common.provenance import provenance
+from nebula.common.provenance import StoredResultMismatch, provenance, stored_result
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM = "random"
@@ -316,13 +316,11 @@ def settings_of(args) -> dict:
 
 def load(path: Path, settings: dict) -> dict[int, dict]:
     """The seeds already in ``path`` (none if it does not exist), their turns kept; refuses other settings."""
-    if not path.exists():
-        return {}
-    stored = json.loads(path.read_text())
-    differ = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
-    if differ:
-        raise SystemExit(f"error: {path} was made with other settings {differ} (stored, now); use another --out")
-    return {int(s): r for s, r in stored["per_seed"].items()}
+    try:
+        stored = stored_result(path, settings)
+    except StoredResultMismatch as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return {} if stored is None else {int(s): r for s, r in stored["per_seed"].items()}
 
 
 def complete(per_seed: dict[int, dict], strategies: list[str], ks: list[int]) -> dict[int, dict]:

@@ -36,3 +36,24 @@ def provenance(argv: list[str] | None = None, *, cwd: Path = REPO) -> dict[str, 
         "uncommitted_changes": None if status is None else bool(status),
         "command": shlex.join(["python", *(sys.argv if argv is None else argv)]),
     }
+
+
+class StoredResultMismatch(ValueError):
+    """A stored result was made with other settings than this run's: resuming would mix two experiments."""
+
+
+def stored_result(path: str | Path, settings: dict) -> dict | None:
+    """The JSON result at ``path`` for a benchmark to resume (None where there is none yet).
+
+    Raises :class:`StoredResultMismatch` naming each setting that differs, ``{name: (stored, now)}``.
+    """
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    differ = {k: (stored["settings"].get(k), v) for k, v in settings.items() if stored["settings"].get(k) != v}
+    if differ:
+        raise StoredResultMismatch(f"{path} was made with other settings {differ} (stored, now); use another --out")
+    return stored

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from nebula.common.provenance import REPO, provenance
 
 
@@ -36,3 +38,16 @@ def test_uncommitted_changes_to_tracked_files_are_flagged(tmp_path):
     assert provenance([], cwd=tmp_path)["uncommitted_changes"] is False
     (tmp_path / "a.txt").write_text("two\n")
     assert provenance([], cwd=tmp_path)["uncommitted_changes"] is True
+
+
+def test_stored_result_resumes_only_the_same_settings(tmp_path):
+    import json
+
+    from nebula.common.provenance import StoredResultMismatch, stored_result
+
+    path = tmp_path / "result.json"
+    assert stored_result(path, {"seed_size": 100}) is None
+    path.write_text(json.dumps({"settings": {"seed_size": 100, "epochs": 5}, "cells": {"a": 1}}))
+    assert stored_result(path, {"seed_size": 100})["cells"] == {"a": 1}
+    with pytest.raises(StoredResultMismatch, match=r"'epochs': \(5, 3\)"):
+        stored_result(path, {"seed_size": 100, "epochs": 3})
