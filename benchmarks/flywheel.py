@@ -9,7 +9,7 @@ A simulated annotator stands in for the person who labels (the labels come from 
    :class:`nebula.common.flywheel.PredictionLog`, as the edge runtime logs them; the global student predicts
    the same pool;
 3. for each strategy (``random`` and :data:`nebula.common.flywheel.STRATEGIES`; diversity and typicality in
-   the base model's sentence embeddings, :mod:`nebula.learning.embeddings`, which ``nebula flywheel select
+   the base model's sentence embeddings, :mod:`nebula.learning.embeddings`, which ``nebula flywheel
    --embedder`` computes on the device; ``typical`` also takes the embeddings of the seed set) and each
    ``k`` (``--ks``): ``k`` logged rows are
    selected, written to an annotation file (``write_annotation_file``), labelled by the simulated annotator,
@@ -259,7 +259,7 @@ def summarise(per_seed: dict[int, dict], strategies: list[str], ks: list[int]) -
     if not seeds:
         return {"seed_only": None, "global_student": None, "results": {}, "gain_over_random": {}}
     results = {
-        s: {str(k): stats([per_seed[seed]["turns"][f"{s} | {k}"]["accuracy"] for seed in seeds]) for k in ks}
+        s: {str(k): stats([per_seed[seed]["turns"][turn_key(s, k)]["accuracy"] for seed in seeds]) for k in ks}
         for s in strategies
     }
     gain = {}  # paired: seed by seed, the strategy's accuracy minus random's at the same k

@@ -7,6 +7,7 @@ a git checkout (an installed wheel) the commit reads ``"unknown"``.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -47,8 +48,6 @@ def stored_result(path: str | Path, settings: dict) -> dict | None:
 
     Raises :class:`StoredResultMismatch` naming each setting that differs, ``{name: (stored, now)}``.
     """
-    import json
-
     path = Path(path)
     if not path.exists():
         return None
